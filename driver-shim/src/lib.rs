@@ -1,0 +1,2 @@
+//! placeholder until the shim lands (issue 3).
+#![no_std]

@@ -1,0 +1,658 @@
+//! [`PerCpu<T>`]: one value per processor, in a table that hot-add grows while
+//! every other processor keeps reading it.
+//!
+//! # How it is laid out
+//!
+//! The table is one word per possible processor, allocated once at creation with
+//! the platform's maximum count (so an absent processor costs one pointer and
+//! growth never copies). A word is either a pointer to the processor's *slot* or
+//! an odd value that hides it:
+//!
+//! | word                 | meaning                                             |
+//! |----------------------|-----------------------------------------------------|
+//! | `ABSENT` (1)         | never prepared, or its prepare failed               |
+//! | `BUILDING` (3)       | a prepare is allocating and constructing the slot   |
+//! | `slot`               | published: prepared or online                       |
+//! | `slot \| HIDDEN`     | retired: an aborted add; kept for the next add      |
+//!
+//! so a reader's whole job is one acquire load and one bit test. A slot is
+//! allocated on its own cache lines, for its processor (NUMA), and holds the
+//! value, the slot's state (prepared, online, retired, or a transition) and a
+//! link in a list of every slot ever built, which iteration walks.
+//!
+//! # Why slots are never freed before the container
+//!
+//! A reader on another processor may hold `&T` into any slot it saw. An aborted
+//! add therefore only hides its slot; the slot (value included) is kept and
+//! published again, as is, by the next prepare of that index, and freed when the
+//! container is dropped.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+
+use crate::sync::{AtomicPtr, AtomicU8, AtomicUsize, Ordering, UnsafeCell, PUBLISH};
+use crate::{Component, Error, PinGuard, Platform, ProcessorIndex, RawAlloc};
+
+/// The bytes each processor's slot is aligned and padded to: the size that keeps
+/// two processors' slots from sharing a cache line, with the adjacent-line
+/// prefetcher counted (128 on x86_64 and aarch64). Taken from
+/// `crossbeam_utils::CachePadded`, which keeps that table per architecture.
+pub const CACHE_LINE: usize = core::mem::align_of::<crossbeam_utils::CachePadded<u8>>();
+
+/// How a [`PerCpu`] lays out each processor's slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlotPadding {
+    /// Each slot starts on a cache line and fills whole lines ([`CACHE_LINE`]):
+    /// no false sharing between processors. The default.
+    #[default]
+    CacheLine,
+    /// Each slot takes only the bytes it needs: for read-mostly data, where
+    /// false sharing costs nothing and memory does.
+    Compact,
+}
+
+/// Where a processor stands in a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// No slot: never prepared, or the prepare failed.
+    Absent,
+    /// Published by `prepare`; code on the processor may already use it.
+    Prepared,
+    /// Committed: the add completed.
+    Online,
+    /// Hidden by `abort`; kept, and published again by the next `prepare`.
+    Retired,
+    /// An event for this processor is being handled right now.
+    Busy,
+}
+
+// Table words that are not slot pointers. Slots are aligned to at least 8, so a
+// pointer never has these bits set; a set HIDDEN bit means "no visible slot".
+const HIDDEN: usize = 0b01;
+const ABSENT: usize = HIDDEN;
+const BUILDING: usize = HIDDEN | 0b10;
+
+// A slot's state. Transitions are CASes on this byte, which serialise the
+// events of one processor; the table word follows.
+const PREPARED: u8 = 0;
+const ONLINE: u8 = 1;
+const RETIRING: u8 = 2;
+const RETIRED: u8 = 3;
+const REVIVING: u8 = 4;
+
+/// One processor's slot. `value` first, so a reader's `&T` is the slot's address.
+#[repr(C, align(8))]
+struct Slot<T> {
+    value: UnsafeCell<T>,
+    /// The slot built before this one (iteration's list). Written once, before the
+    /// slot is linked.
+    next: AtomicPtr<Slot<T>>,
+    state: AtomicU8,
+    index: ProcessorIndex,
+}
+
+impl<T> Slot<T> {
+    /// The value, for as long as the slot lives.
+    #[inline(always)]
+    fn value(&self) -> &T {
+        // SAFETY: the value is written once, before the slot is published with a
+        // release store that every reader acquires, and afterwards only read
+        // through shared references (mutation needs `&mut PerCpu`, at drop). So
+        // the pointer is valid, initialised, and not mutably aliased.
+        self.value.with(|value| unsafe { &*value })
+    }
+}
+
+/// Per-processor values that grow on hot-add.
+///
+/// `T` is built for a processor by the constructor `init` when the processor is
+/// *prepared* (AddStart); from then on every processor can read it with
+/// [`get`](Self::get), code on that processor with [`current`](Self::current),
+/// and [`iter`](Self::iter) visits it. `commit` (AddComplete) marks it online;
+/// `abort` (AddFailure) hides it again.
+///
+/// Guarantees (see the crate documentation for the contracts):
+/// - a `&T` stays valid until the container is dropped; growth never moves a slot;
+/// - a reader is one bounds check, one acquire load and one bit test: no lock,
+///   no read-modify-write, and never a slot that is not fully built;
+/// - prepares of different processors may run at once, and alongside readers;
+/// - an absent processor costs one pointer; no `T` exists for a processor that
+///   never arrives; each slot is allocated for its own processor, on its own
+///   cache lines ([`SlotPadding`]).
+///
+/// ```
+/// use perproc::{host::HostPlatform, PerCpu, Platform, ProcessorIndex};
+/// use core::sync::atomic::{AtomicU64, Ordering};
+///
+/// let platform = HostPlatform::new(4)?;
+/// let hits = PerCpu::new(&platform, |_cpu| Ok(AtomicU64::new(0)))?;
+/// let cpu1 = ProcessorIndex::new(1).unwrap();
+///
+/// hits.prepare(cpu1)?;                  // AddStart: allocate and publish
+/// platform.bind_current_thread(cpu1)?;  // this thread now runs "on" processor 1
+/// let pin = platform.pin();
+/// hits.current(&pin).unwrap().fetch_add(1, Ordering::Relaxed);
+/// hits.commit(cpu1)?;                   // AddComplete
+///
+/// let total: u64 = hits.iter().map(|(_, h)| h.load(Ordering::Relaxed)).sum();
+/// assert_eq!(total, 1);
+/// assert!(hits.get(ProcessorIndex::new(2).unwrap()).is_none()); // not added yet
+/// # Ok::<(), perproc::Error>(())
+/// ```
+pub struct PerCpu<T, A: RawAlloc, F = fn(ProcessorIndex) -> Result<T, Error>> {
+    /// `capacity` words, or dangling when `capacity` is 0. Never reallocated.
+    table: NonNull<AtomicPtr<Slot<T>>>,
+    capacity: usize,
+    /// The most recently built slot; the list runs through `Slot::next`.
+    head: AtomicPtr<Slot<T>>,
+    published: AtomicUsize,
+    online: AtomicUsize,
+    slot_layout: Layout,
+    alloc: A,
+    init: F,
+    /// Owns `T`s (for drop check) and is as thread-safe as the impls below say.
+    _owns: PhantomData<T>,
+}
+
+// SAFETY: the container owns its slots and values; moving it to another thread
+// moves the `T`s (so `T: Send`), the allocator that frees them (`A: Send`) and
+// the constructor (`F: Send`). The raw pointers are to memory it owns.
+unsafe impl<T: Send, A: RawAlloc + Send, F: Send> Send for PerCpu<T, A, F> {}
+
+// SAFETY: through `&PerCpu`, other threads read `&T` (so `T: Sync`), build `T`s
+// that the owner later drops (so `T: Send`), and call the allocator and the
+// constructor concurrently (so `A: Sync`, `F: Sync`). All shared state is atomic.
+unsafe impl<T: Send + Sync, A: RawAlloc + Sync, F: Sync> Sync for PerCpu<T, A, F> {}
+
+impl<T, A, F> PerCpu<T, A, F>
+where
+    A: RawAlloc,
+    F: Fn(ProcessorIndex) -> Result<T, Error>,
+{
+    /// A container for every processor the platform can have, with slots on
+    /// their own cache lines. No processor is prepared yet: registration (or
+    /// your own calls to [`prepare`](Self::prepare)) adds them.
+    ///
+    /// `init` builds a processor's value at its AddStart; its error fails that add.
+    pub fn new<P>(platform: &P, init: F) -> Result<Self, Error>
+    where
+        P: Platform<Alloc = A>,
+    {
+        let capacity =
+            usize::try_from(platform.max_processors()).map_err(|_| Error::CapacityOverflow)?;
+        Self::with_capacity_in(capacity, platform.allocator(), SlotPadding::CacheLine, init)
+    }
+
+    /// A container for processors `0..capacity`, allocating from `alloc`.
+    ///
+    /// ```
+    /// use perproc::{host::HostAlloc, PerCpu, ProcessorIndex, SlotPadding};
+    /// let names = PerCpu::with_capacity_in(2048, HostAlloc, SlotPadding::Compact, |cpu| {
+    ///     Ok(cpu.get() * 10)
+    /// })?;
+    /// let cpu = ProcessorIndex::new(2047).unwrap();
+    /// names.prepare(cpu)?;
+    /// assert_eq!(names.get(cpu), Some(&20470));
+    /// assert!(names.prepare(ProcessorIndex::new(2048).unwrap()).is_err());
+    /// # Ok::<(), perproc::Error>(())
+    /// ```
+    pub fn with_capacity_in(
+        capacity: usize,
+        alloc: A,
+        padding: SlotPadding,
+        init: F,
+    ) -> Result<Self, Error> {
+        let slot_layout = slot_layout::<T>(padding)?;
+        let table = if capacity == 0 {
+            NonNull::dangling()
+        } else {
+            let layout = Layout::array::<AtomicPtr<Slot<T>>>(capacity)
+                .map_err(|_| Error::CapacityOverflow)?;
+            let table = alloc.allocate(layout, None)?.cast::<AtomicPtr<Slot<T>>>();
+            for i in 0..capacity {
+                // SAFETY: the block holds `capacity` words and is aligned for them
+                // (allocator promises 1 and 2); `i < capacity`; each word is
+                // written once before anything reads it.
+                unsafe { table.as_ptr().add(i).write(AtomicPtr::new(absent())) };
+            }
+            table
+        };
+        Ok(Self {
+            table,
+            capacity,
+            head: AtomicPtr::new(ptr::null_mut()),
+            published: AtomicUsize::new(0),
+            online: AtomicUsize::new(0),
+            slot_layout,
+            alloc,
+            init,
+            _owns: PhantomData,
+        })
+    }
+
+    /// AddStart: builds processor `index`'s value with the constructor, on memory
+    /// placed for that processor, and publishes it: from the moment this returns
+    /// `Ok`, [`get`](Self::get), [`current`](Self::current) and
+    /// [`iter`](Self::iter) see it.
+    ///
+    /// Idempotent: a processor already prepared or online is left as it is. A
+    /// processor whose add was aborted gets its kept slot back, value as the
+    /// abort left it, without allocating or calling the constructor.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`], [`Error::OutOfMemory`], the constructor's
+    /// error, or [`Error::Busy`] while another event for `index` is in flight. On
+    /// error nothing is published and nothing leaks.
+    pub fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+        let entry = self.entry(index)?;
+        let word = entry.load(Ordering::Acquire);
+        match word.addr() {
+            ABSENT => {
+                entry
+                    .compare_exchange(word, building(), Ordering::Acquire, Ordering::Relaxed)
+                    .map_err(|_| Error::Busy)?;
+                self.build(entry, index)
+            }
+            BUILDING => Err(Error::Busy),
+            addr if addr & HIDDEN == 0 => {
+                // SAFETY: a pointer word is a live slot (see `slot_at`).
+                match unsafe { slot_at(word) }.state.load(Ordering::Acquire) {
+                    PREPARED | ONLINE => Ok(()),
+                    _ => Err(Error::Busy),
+                }
+            }
+            _ => self.revive(entry, word),
+        }
+    }
+
+    /// Builds, links and publishes a fresh slot; `entry` is `BUILDING` and ours.
+    fn build(&self, entry: &AtomicPtr<Slot<T>>, index: ProcessorIndex) -> Result<(), Error> {
+        // Until disarmed, an early return (or an unwinding constructor on a host)
+        // frees the block and puts the word back to ABSENT.
+        let mut undo = UndoBuild {
+            entry,
+            block: None,
+            layout: self.slot_layout,
+            alloc: &self.alloc,
+        };
+        let block = self.alloc.allocate(self.slot_layout, Some(index))?;
+        undo.block = Some(block);
+        let value = (self.init)(index)?;
+        let slot = block.cast::<Slot<T>>();
+        // SAFETY: the block has `slot_layout`, which is at least the size and
+        // alignment of `Slot<T>` (allocator promises 1 and 2), and no one else can
+        // reach it before it is linked and published below.
+        unsafe {
+            slot.as_ptr().write(Slot {
+                value: UnsafeCell::new(value),
+                next: AtomicPtr::new(ptr::null_mut()),
+                state: AtomicU8::new(PREPARED),
+                index,
+            })
+        };
+        undo.disarm();
+        self.link(slot);
+        entry.store(slot.as_ptr(), PUBLISH);
+        self.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Publishes a retired slot again, unchanged.
+    fn revive(&self, entry: &AtomicPtr<Slot<T>>, word: *mut Slot<T>) -> Result<(), Error> {
+        let bare = word.map_addr(|addr| addr & !HIDDEN);
+        // SAFETY: a hidden word with a pointer is a retired slot, which lives until
+        // the container drops (see `slot_at`).
+        let slot = unsafe { slot_at(bare) };
+        slot.state
+            .compare_exchange(RETIRED, REVIVING, Ordering::Acquire, Ordering::Relaxed)
+            .map_err(|_| Error::Busy)?;
+        entry.store(bare, PUBLISH);
+        slot.state.store(PREPARED, Ordering::Release);
+        self.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Pushes a new slot onto the list iteration walks.
+    fn link(&self, slot: NonNull<Slot<T>>) {
+        // SAFETY: the slot was just written and lives until the container drops.
+        let next = unsafe { &slot.as_ref().next };
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            next.store(head, Ordering::Relaxed);
+            match self
+                .head
+                .compare_exchange(head, slot.as_ptr(), PUBLISH, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+}
+
+impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
+    /// AddComplete: marks a prepared processor online. O(1); allocates nothing.
+    ///
+    /// Idempotent for a processor already online.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`]; [`Error::NotPrepared`] for a processor that was
+    /// never prepared or was aborted; [`Error::Busy`] while another event for it
+    /// is in flight. Nothing changes on error.
+    pub fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
+        let word = self.entry(index)?.load(Ordering::Acquire);
+        match word.addr() {
+            BUILDING => return Err(Error::Busy),
+            addr if addr & HIDDEN != 0 => return Err(Error::NotPrepared),
+            _ => {}
+        }
+        // SAFETY: a pointer word is a live slot (see `slot_at`).
+        let slot = unsafe { slot_at(word) };
+        match slot
+            .state
+            .compare_exchange(PREPARED, ONLINE, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.online.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(ONLINE) => Ok(()),
+            Err(_) => Err(Error::Busy),
+        }
+    }
+
+    /// AddFailure: hides a prepared processor's slot again and returns its value,
+    /// so the caller can take back what was put there (queued work, cached
+    /// objects). The slot is kept, not freed: readers may still hold references.
+    ///
+    /// Idempotent, and accepts a processor that was never prepared or whose
+    /// prepare failed: those give `Ok(None)`.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`]; [`Error::AlreadyOnline`] for a processor whose
+    /// add completed (it stays online); [`Error::Busy`] while another event for it
+    /// is in flight. Nothing changes on error.
+    pub fn abort(&self, index: ProcessorIndex) -> Result<Option<&T>, Error> {
+        let entry = self.entry(index)?;
+        let word = entry.load(Ordering::Acquire);
+        match word.addr() {
+            ABSENT => return Ok(None),
+            BUILDING => return Err(Error::Busy),
+            addr if addr & HIDDEN != 0 => {
+                let bare = word.map_addr(|addr| addr & !HIDDEN);
+                // SAFETY: a hidden word with a pointer is a retired slot, alive
+                // until the container drops (see `slot_at`).
+                let state = unsafe { slot_at(bare) }.state.load(Ordering::Acquire);
+                return if state == RETIRED {
+                    Ok(None)
+                } else {
+                    Err(Error::Busy)
+                };
+            }
+            _ => {}
+        }
+        // SAFETY: a pointer word is a live slot (see `slot_at`).
+        let slot = unsafe { slot_at(word) };
+        match slot
+            .state
+            .compare_exchange(PREPARED, RETIRING, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => {}
+            Err(ONLINE) => return Err(Error::AlreadyOnline),
+            Err(_) => return Err(Error::Busy),
+        }
+        entry.store(word.map_addr(|addr| addr | HIDDEN), Ordering::Release);
+        slot.state.store(RETIRED, Ordering::Release);
+        self.published.fetch_sub(1, Ordering::Relaxed);
+        Ok(Some(slot.value()))
+    }
+
+    /// Processor `index`'s value, if it is published (prepared or online).
+    ///
+    /// One bounds check, one acquire load, one bit test. Never blocks.
+    #[inline]
+    pub fn get(&self, index: ProcessorIndex) -> Option<&T> {
+        let word = self.table().get(index.as_usize())?.load(Ordering::Acquire);
+        if word.addr() & HIDDEN != 0 {
+            return None;
+        }
+        // SAFETY: a word without HIDDEN is a published slot: fully built before the
+        // release store this load acquired, and alive until the container drops.
+        Some(unsafe { slot_at(word) }.value())
+    }
+
+    /// The value of the processor the caller is pinned to, if it is published.
+    ///
+    /// `None` only for a processor that has no slot yet (between its arrival and
+    /// its AddStart, or after a failed add) or one past the capacity.
+    #[inline]
+    pub fn current<G: PinGuard + ?Sized>(&self, pin: &G) -> Option<&T> {
+        self.get(pin.processor())
+    }
+
+    /// Where processor `index` stands (`Absent` for an index past the capacity).
+    pub fn state(&self, index: ProcessorIndex) -> SlotState {
+        let Some(entry) = self.table().get(index.as_usize()) else {
+            return SlotState::Absent;
+        };
+        let word = entry.load(Ordering::Acquire);
+        match word.addr() {
+            ABSENT => return SlotState::Absent,
+            BUILDING => return SlotState::Busy,
+            _ => {}
+        }
+        let bare = word.map_addr(|addr| addr & !HIDDEN);
+        // SAFETY: any other word is a slot pointer, maybe tagged HIDDEN, and slots
+        // live until the container drops (see `slot_at`).
+        match unsafe { slot_at(bare) }.state.load(Ordering::Acquire) {
+            PREPARED => SlotState::Prepared,
+            ONLINE => SlotState::Online,
+            RETIRED => SlotState::Retired,
+            _ => SlotState::Busy,
+        }
+    }
+
+    /// Every published value (prepared or online), each once, with its index.
+    ///
+    /// Costs O(slots ever built), not O(capacity): sparse and large tables cost
+    /// nothing for their absent processors. Never blocks; a processor published
+    /// while the iteration runs may or may not be visited. Order: most recently
+    /// built first.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter {
+            next: self.head.load(Ordering::Acquire),
+            table: self.table(),
+        }
+    }
+
+    /// How many processors are published now (prepared or online).
+    pub fn published_count(&self) -> usize {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// How many processors are online (committed).
+    pub fn online_count(&self) -> usize {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// The number of processor indexes the table holds (`0..capacity`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The bytes each slot takes (`T`, its state and its link, padded).
+    pub fn slot_size(&self) -> usize {
+        self.slot_layout.size()
+    }
+
+    /// The table's word for `index`, or the out-of-range error.
+    fn entry(&self, index: ProcessorIndex) -> Result<&AtomicPtr<Slot<T>>, Error> {
+        self.table()
+            .get(index.as_usize())
+            .ok_or(Error::IndexOutOfRange {
+                index,
+                capacity: self.capacity,
+            })
+    }
+
+    #[inline(always)]
+    fn table(&self) -> &[AtomicPtr<Slot<T>>] {
+        // SAFETY: `table` holds `capacity` initialised words for the container's
+        // whole life (or is dangling with `capacity == 0`, a valid empty slice);
+        // they are only accessed atomically through shared references.
+        unsafe { core::slice::from_raw_parts(self.table.as_ptr(), self.capacity) }
+    }
+}
+
+impl<T, A: RawAlloc, F> Component for PerCpu<T, A, F>
+where
+    T: Send + Sync,
+    A: Sync,
+    F: Fn(ProcessorIndex) -> Result<T, Error> + Sync,
+{
+    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+        PerCpu::prepare(self, index)
+    }
+
+    fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
+        PerCpu::commit(self, index)
+    }
+
+    fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
+        PerCpu::abort(self, index).map(|_| ())
+    }
+}
+
+impl<T, A: RawAlloc, F> Drop for PerCpu<T, A, F> {
+    fn drop(&mut self) {
+        let mut next = self.head.load(Ordering::Acquire);
+        while let Some(slot) = NonNull::new(next) {
+            // SAFETY: every slot on the list was built by `build` with
+            // `slot_layout` from `alloc` and is freed only here, once; `&mut self`
+            // means no reader or writer is left.
+            unsafe {
+                next = slot.as_ref().next.load(Ordering::Relaxed);
+                ptr::drop_in_place(slot.as_ptr());
+                self.alloc.deallocate(slot.cast(), self.slot_layout);
+            }
+        }
+        if self.capacity > 0 {
+            if let Ok(layout) = Layout::array::<AtomicPtr<Slot<T>>>(self.capacity) {
+                // SAFETY: the table was allocated with this layout in the
+                // constructor (the same computation succeeded there) and its
+                // words were initialised; nothing uses it after this.
+                unsafe {
+                    ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
+                        self.table.as_ptr(),
+                        self.capacity,
+                    ));
+                    self.alloc.deallocate(self.table.cast(), layout);
+                }
+            }
+        }
+    }
+}
+
+impl<T: fmt::Debug, A: RawAlloc, F> fmt::Debug for PerCpu<T, A, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpu")
+            .field("capacity", &self.capacity)
+            .field("published", &self.published_count())
+            .field("online", &self.online_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Iterator over a [`PerCpu`]'s published values, from [`PerCpu::iter`].
+pub struct Iter<'a, T> {
+    next: *mut Slot<T>,
+    table: &'a [AtomicPtr<Slot<T>>],
+}
+
+impl<'a, T> Iterator for Iter<'a, T> {
+    type Item = (ProcessorIndex, &'a T);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // SAFETY: `next` is null or a slot on the container's list, which
+            // lives as long as the container borrowed for 'a; the list link was
+            // written before the slot was pushed with a release CAS that our
+            // acquire load of the head (or of the previous link) saw.
+            let slot: &'a Slot<T> = unsafe { self.next.as_ref() }?;
+            self.next = slot.next.load(Ordering::Acquire);
+            let Some(entry) = self.table.get(slot.index.as_usize()) else {
+                continue;
+            };
+            // Visible only if the table publishes this very slot now.
+            if ptr::eq(entry.load(Ordering::Acquire), slot) {
+                return Some((slot.index, slot.value()));
+            }
+        }
+    }
+}
+
+// SAFETY: the iterator hands out `&T` across threads only if `T: Sync`; its raw
+// pointer is into the container it borrows.
+unsafe impl<T: Sync> Send for Iter<'_, T> {}
+
+/// Frees a half-built slot and resets its table word unless disarmed.
+struct UndoBuild<'a, T, A: RawAlloc> {
+    entry: &'a AtomicPtr<Slot<T>>,
+    block: Option<NonNull<u8>>,
+    layout: Layout,
+    alloc: &'a A,
+}
+
+impl<T, A: RawAlloc> UndoBuild<'_, T, A> {
+    fn disarm(self) {
+        core::mem::forget(self);
+    }
+}
+
+impl<T, A: RawAlloc> Drop for UndoBuild<'_, T, A> {
+    fn drop(&mut self) {
+        if let Some(block) = self.block {
+            // SAFETY: the block came from `alloc` with `layout` and was never
+            // published, so no one else holds it.
+            unsafe { self.alloc.deallocate(block, self.layout) };
+        }
+        self.entry.store(absent(), Ordering::Release);
+    }
+}
+
+/// The slot a published (untagged) word points to.
+///
+/// # Safety
+///
+/// `word` must be a slot pointer read from a table word, with any HIDDEN tag
+/// removed, and the container it came from must be alive for `'a`. Such a slot
+/// was fully written before the release store that made it reachable (and the
+/// caller's load acquired it), and is freed only when the container drops.
+#[inline(always)]
+unsafe fn slot_at<'a, T>(word: *mut Slot<T>) -> &'a Slot<T> {
+    // SAFETY: guaranteed by the caller, as above.
+    unsafe { &*word }
+}
+
+fn absent<T>() -> *mut Slot<T> {
+    ptr::without_provenance_mut(ABSENT)
+}
+
+fn building<T>() -> *mut Slot<T> {
+    ptr::without_provenance_mut(BUILDING)
+}
+
+/// A slot's layout: its fields, then aligned and padded to whole cache lines
+/// unless compact.
+fn slot_layout<T>(padding: SlotPadding) -> Result<Layout, Error> {
+    let layout = Layout::new::<Slot<T>>();
+    let layout = match padding {
+        SlotPadding::CacheLine => layout
+            .align_to(CACHE_LINE)
+            .map_err(|_| Error::CapacityOverflow)?,
+        SlotPadding::Compact => layout,
+    };
+    Ok(layout.pad_to_align())
+}

@@ -1,0 +1,53 @@
+//! The atomics and the cell the core is built on.
+//!
+//! Under `cfg(loom)` they are loom's, so loom sees every slot and table access
+//! (loom cannot see memory written through raw pointers; everything a reader can
+//! reach after a publication lives in [`UnsafeCell`] or an atomic from here).
+//! Elsewhere they are `core`'s, with the same small API.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
+
+pub(crate) use core::sync::atomic::Ordering;
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// The ordering of the stores that publish a slot to readers.
+///
+/// `Release`, always, except in the mutant build (`--cfg perproc_mutant="relaxed_publish"`)
+/// that the test command uses to prove the loom models catch a weakened publication.
+#[cfg(not(perproc_mutant = "relaxed_publish"))]
+pub(crate) const PUBLISH: Ordering = Ordering::Release;
+#[cfg(perproc_mutant = "relaxed_publish")]
+pub(crate) const PUBLISH: Ordering = Ordering::Relaxed;
+
+/// `core::cell::UnsafeCell` behind loom's closure-based API.
+#[cfg(not(loom))]
+#[derive(Debug)]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T: ?Sized>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    #[inline(always)]
+    pub(crate) const fn new(value: T) -> Self {
+        Self(core::cell::UnsafeCell::new(value))
+    }
+}
+
+#[cfg(not(loom))]
+impl<T: ?Sized> UnsafeCell<T> {
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    #[inline(always)]
+    #[allow(dead_code)] // used by the containers that mutate per-processor state
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
