@@ -463,8 +463,35 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     pub fn iter(&self) -> Iter<'_, T> {
         Iter {
             next: self.head.load(Ordering::Acquire),
-            table: self.table(),
+            table: Some(self.table()),
         }
+    }
+
+    /// Every slot ever built, published or retired, each once, with its index.
+    ///
+    /// For work that must not lose what an aborted add left behind: summing
+    /// monotonic counters (a sum never goes down when an add fails), draining
+    /// every queue. Same cost and concurrency as [`iter`](Self::iter).
+    pub fn iter_all(&self) -> Iter<'_, T> {
+        Iter {
+            next: self.head.load(Ordering::Acquire),
+            table: None,
+        }
+    }
+
+    /// Processor `index`'s value if its add was aborted (its slot is retired).
+    ///
+    /// The slot is hidden from [`get`](Self::get) but kept; code pinned to that
+    /// processor may still use it to hand back what it holds.
+    pub fn retired(&self, index: ProcessorIndex) -> Option<&T> {
+        let word = self.table().get(index.as_usize())?.load(Ordering::Acquire);
+        if word.addr() & HIDDEN == 0 || matches!(word.addr(), ABSENT | BUILDING) {
+            return None;
+        }
+        // SAFETY: a hidden word with a pointer is a retired (or transitioning)
+        // slot, alive until the container drops (see `slot_at`).
+        let slot = unsafe { slot_at(word.map_addr(|addr| addr & !HIDDEN)) };
+        (slot.state.load(Ordering::Acquire) == RETIRED).then(|| slot.value())
     }
 
     /// How many processors are published now (prepared or online).
@@ -565,10 +592,12 @@ impl<T: fmt::Debug, A: RawAlloc, F> fmt::Debug for PerCpu<T, A, F> {
     }
 }
 
-/// Iterator over a [`PerCpu`]'s published values, from [`PerCpu::iter`].
+/// Iterator over a [`PerCpu`]'s values, from [`PerCpu::iter`] (published ones)
+/// or [`PerCpu::iter_all`] (retired ones too).
 pub struct Iter<'a, T> {
     next: *mut Slot<T>,
-    table: &'a [AtomicPtr<Slot<T>>],
+    /// `Some`: yield only slots the table publishes now.
+    table: Option<&'a [AtomicPtr<Slot<T>>]>,
 }
 
 impl<'a, T> Iterator for Iter<'a, T> {
@@ -582,11 +611,14 @@ impl<'a, T> Iterator for Iter<'a, T> {
             // acquire load of the head (or of the previous link) saw.
             let slot: &'a Slot<T> = unsafe { self.next.as_ref() }?;
             self.next = slot.next.load(Ordering::Acquire);
-            let Some(entry) = self.table.get(slot.index.as_usize()) else {
-                continue;
+            let Some(table) = self.table else {
+                return Some((slot.index, slot.value()));
             };
             // Visible only if the table publishes this very slot now.
-            if ptr::eq(entry.load(Ordering::Acquire), slot) {
+            let published = table
+                .get(slot.index.as_usize())
+                .is_some_and(|entry| ptr::eq(entry.load(Ordering::Acquire), slot));
+            if published {
                 return Some((slot.index, slot.value()));
             }
         }
