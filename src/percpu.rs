@@ -105,6 +105,15 @@ impl<T> Slot<T> {
     }
 }
 
+/// What changes in a container besides its table words; at the start of the
+/// table's block.
+struct Shared<T> {
+    /// The most recently built slot; the list runs through `Slot::next`.
+    head: AtomicPtr<Slot<T>>,
+    published: AtomicUsize,
+    online: AtomicUsize,
+}
+
 /// Per-processor values that grow on hot-add.
 ///
 /// `T` is built for a processor by the constructor `init` when the processor is
@@ -142,13 +151,17 @@ impl<T> Slot<T> {
 /// # Ok::<(), perproc::Error>(())
 /// ```
 pub struct PerCpu<T, A: RawAlloc, F = fn(ProcessorIndex) -> Result<T, Error>> {
-    /// `capacity` words, or dangling when `capacity` is 0. Never reallocated.
+    // No field of the container itself is ever written after construction: what
+    // changes (the table's words, the list head, the counts) lives in the block
+    // these pointers point into. So `PerCpu` has no interior mutability of its
+    // own, and a function holding `&PerCpu` may keep `table` and `capacity` in
+    // registers across its reads (the compiler knows they cannot change), which
+    // it could not do across an acquire load if the atomics lived here.
+    /// The bookkeeping at the start of the block (see `block_layout`).
+    shared: NonNull<Shared<T>>,
+    /// `capacity` words, in the same block after `shared`. Never reallocated.
     table: NonNull<AtomicPtr<Slot<T>>>,
     capacity: usize,
-    /// The most recently built slot; the list runs through `Slot::next`.
-    head: AtomicPtr<Slot<T>>,
-    published: AtomicUsize,
-    online: AtomicUsize,
     slot_layout: Layout,
     alloc: A,
     init: F,
@@ -205,26 +218,30 @@ where
         init: F,
     ) -> Result<Self, Error> {
         let slot_layout = slot_layout::<T>(padding)?;
-        let table = if capacity == 0 {
-            NonNull::dangling()
-        } else {
-            let layout = Layout::array::<AtomicPtr<Slot<T>>>(capacity)
-                .map_err(|_| Error::CapacityOverflow)?;
-            let table = alloc.allocate(layout, None)?.cast::<AtomicPtr<Slot<T>>>();
+        let (layout, words) = block_layout::<T>(capacity)?;
+        let block = alloc.allocate(layout, None)?;
+        let shared = block.cast::<Shared<T>>();
+        // SAFETY: `words <= layout.size()` (it is the offset of the words within
+        // `layout`), so the result stays in the block (allocator promise 1).
+        let table = unsafe { block.add(words) }.cast::<AtomicPtr<Slot<T>>>();
+        // SAFETY: the block has `layout`: a `Shared<T>` at offset 0 and
+        // `capacity` words at offset `words`, each aligned for its type
+        // (allocator promises 1 and 2); `i < capacity`; each is written once,
+        // before the container exists, so before anything reads it.
+        unsafe {
+            shared.as_ptr().write(Shared {
+                head: AtomicPtr::new(ptr::null_mut()),
+                published: AtomicUsize::new(0),
+                online: AtomicUsize::new(0),
+            });
             for i in 0..capacity {
-                // SAFETY: the block holds `capacity` words and is aligned for them
-                // (allocator promises 1 and 2); `i < capacity`; each word is
-                // written once before anything reads it.
-                unsafe { table.as_ptr().add(i).write(AtomicPtr::new(absent())) };
+                table.as_ptr().add(i).write(AtomicPtr::new(absent()));
             }
-            table
-        };
+        }
         Ok(Self {
+            shared,
             table,
             capacity,
-            head: AtomicPtr::new(ptr::null_mut()),
-            published: AtomicUsize::new(0),
-            online: AtomicUsize::new(0),
             slot_layout,
             alloc,
             init,
@@ -295,7 +312,7 @@ where
         undo.disarm();
         self.link(slot);
         entry.store(slot.as_ptr(), PUBLISH);
-        self.published.fetch_add(1, Ordering::Relaxed);
+        self.shared().published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -310,7 +327,7 @@ where
             .map_err(|_| Error::Busy)?;
         entry.store(bare, PUBLISH);
         slot.state.store(PREPARED, Ordering::Release);
-        self.published.fetch_add(1, Ordering::Relaxed);
+        self.shared().published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -318,13 +335,15 @@ where
     fn link(&self, slot: NonNull<Slot<T>>) {
         // SAFETY: the slot was just written and lives until the container drops.
         let next = unsafe { &slot.as_ref().next };
-        let mut head = self.head.load(Ordering::Relaxed);
+        let mut head = self.shared().head.load(Ordering::Relaxed);
         loop {
             next.store(head, Ordering::Relaxed);
-            match self
-                .head
-                .compare_exchange(head, slot.as_ptr(), PUBLISH, Ordering::Relaxed)
-            {
+            match self.shared().head.compare_exchange(
+                head,
+                slot.as_ptr(),
+                PUBLISH,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return,
                 Err(now) => head = now,
             }
@@ -355,7 +374,7 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
             .compare_exchange(PREPARED, ONLINE, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
-                self.online.fetch_add(1, Ordering::Relaxed);
+                self.shared().online.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(ONLINE) => Ok(()),
@@ -405,7 +424,7 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
         }
         entry.store(word.map_addr(|addr| addr | HIDDEN), Ordering::Release);
         slot.state.store(RETIRED, Ordering::Release);
-        self.published.fetch_sub(1, Ordering::Relaxed);
+        self.shared().published.fetch_sub(1, Ordering::Relaxed);
         Ok(Some(slot.value()))
     }
 
@@ -415,6 +434,11 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     #[inline]
     pub fn get(&self, index: ProcessorIndex) -> Option<&T> {
         let word = self.table().get(index.as_usize())?.load(Ordering::Acquire);
+        // SAFETY: no table word is null (each is ABSENT, BUILDING or a slot
+        // pointer from the allocator, maybe tagged). Said here, before the bit
+        // test, the compiler keeps it and decides the caller's `Option<&T>` by
+        // that test alone instead of adding a null test.
+        unsafe { core::hint::assert_unchecked(!word.is_null()) };
         if word.addr() & HIDDEN != 0 {
             return None;
         }
@@ -462,7 +486,7 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     /// built first.
     pub fn iter(&self) -> Iter<'_, T> {
         Iter {
-            next: self.head.load(Ordering::Acquire),
+            next: self.shared().head.load(Ordering::Acquire),
             table: Some(self.table()),
         }
     }
@@ -474,7 +498,7 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     /// every queue. Same cost and concurrency as [`iter`](Self::iter).
     pub fn iter_all(&self) -> Iter<'_, T> {
         Iter {
-            next: self.head.load(Ordering::Acquire),
+            next: self.shared().head.load(Ordering::Acquire),
             table: None,
         }
     }
@@ -496,12 +520,12 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
 
     /// How many processors are published now (prepared or online).
     pub fn published_count(&self) -> usize {
-        self.published.load(Ordering::Relaxed)
+        self.shared().published.load(Ordering::Relaxed)
     }
 
     /// How many processors are online (committed).
     pub fn online_count(&self) -> usize {
-        self.online.load(Ordering::Relaxed)
+        self.shared().online.load(Ordering::Relaxed)
     }
 
     /// The number of processor indexes the table holds (`0..capacity`).
@@ -524,11 +548,21 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
             })
     }
 
+    /// The list head and the counts.
+    #[inline(always)]
+    fn shared(&self) -> &Shared<T> {
+        // SAFETY: `shared` points to the `Shared` written in the constructor,
+        // alive until drop, and only accessed atomically through shared
+        // references.
+        unsafe { self.shared.as_ref() }
+    }
+
     #[inline(always)]
     fn table(&self) -> &[AtomicPtr<Slot<T>>] {
         // SAFETY: `table` holds `capacity` initialised words for the container's
-        // whole life (or is dangling with `capacity == 0`, a valid empty slice);
-        // they are only accessed atomically through shared references.
+        // whole life (with `capacity == 0`, an aligned pointer to no words: a
+        // valid empty slice); they are only accessed atomically through shared
+        // references.
         unsafe { core::slice::from_raw_parts(self.table.as_ptr(), self.capacity) }
     }
 }
@@ -554,7 +588,7 @@ where
 
 impl<T, A: RawAlloc, F> Drop for PerCpu<T, A, F> {
     fn drop(&mut self) {
-        let mut next = self.head.load(Ordering::Acquire);
+        let mut next = self.shared().head.load(Ordering::Acquire);
         while let Some(slot) = NonNull::new(next) {
             // SAFETY: every slot on the list was built by `build` with
             // `slot_layout` from `alloc` and is freed only here, once; `&mut self`
@@ -565,18 +599,17 @@ impl<T, A: RawAlloc, F> Drop for PerCpu<T, A, F> {
                 self.alloc.deallocate(slot.cast(), self.slot_layout);
             }
         }
-        if self.capacity > 0 {
-            if let Ok(layout) = Layout::array::<AtomicPtr<Slot<T>>>(self.capacity) {
-                // SAFETY: the table was allocated with this layout in the
-                // constructor (the same computation succeeded there) and its
-                // words were initialised; nothing uses it after this.
-                unsafe {
-                    ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
-                        self.table.as_ptr(),
-                        self.capacity,
-                    ));
-                    self.alloc.deallocate(self.table.cast(), layout);
-                }
+        if let Ok((layout, _)) = block_layout::<T>(self.capacity) {
+            // SAFETY: the block was allocated with this layout in the
+            // constructor (the same computation succeeded there) and its
+            // `Shared` and words were initialised; nothing uses them after this.
+            unsafe {
+                ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
+                    self.table.as_ptr(),
+                    self.capacity,
+                ));
+                ptr::drop_in_place(self.shared.as_ptr());
+                self.alloc.deallocate(self.shared.cast(), layout);
             }
         }
     }
@@ -674,6 +707,17 @@ fn absent<T>() -> *mut Slot<T> {
 
 fn building<T>() -> *mut Slot<T> {
     ptr::without_provenance_mut(BUILDING)
+}
+
+/// The block of a container's bookkeeping and table: a `Shared<T>`, then
+/// `capacity` words; and the offset of the words. Never zero-sized.
+fn block_layout<T>(capacity: usize) -> Result<(Layout, usize), Error> {
+    let words =
+        Layout::array::<AtomicPtr<Slot<T>>>(capacity).map_err(|_| Error::CapacityOverflow)?;
+    let (layout, offset) = Layout::new::<Shared<T>>()
+        .extend(words)
+        .map_err(|_| Error::CapacityOverflow)?;
+    Ok((layout.pad_to_align(), offset))
 }
 
 /// A slot's layout: its fields, then aligned and padded to whole cache lines

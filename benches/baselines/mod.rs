@@ -209,14 +209,14 @@ struct Array {
 impl Array {
     fn layout(len: usize) -> Layout {
         Layout::new::<Array>()
-            .extend(Layout::array::<*const CachePadded<Stats>>(len).unwrap())
+            .extend(Layout::array::<NonNull<CachePadded<Stats>>>(len).unwrap())
             .unwrap()
             .0
             .pad_to_align()
     }
 
     /// A new array of `len` pointers, the first `len - 1` copied from `old`.
-    fn grown(old: *mut Array, last: *const CachePadded<Stats>) -> *mut Array {
+    fn grown(old: *mut Array, last: NonNull<CachePadded<Stats>>) -> *mut Array {
         // SAFETY: `old` is the current array, alive (arrays are freed on drop).
         let old_len = unsafe { (*old).len };
         let len = old_len + 1;
@@ -239,7 +239,7 @@ impl Array {
 
     /// The pointers after the header.
     #[inline(always)]
-    fn slots(array: *mut Array) -> *mut *const CachePadded<Stats> {
+    fn slots(array: *mut Array) -> *mut NonNull<CachePadded<Stats>> {
         // SAFETY: the header is 16 bytes and pointer-aligned, so the pointers
         // start right after it (`layout` places them there).
         unsafe { array.add(1).cast() }
@@ -287,8 +287,7 @@ impl CopyOnGrow {
                 replaced: empty,
             });
             for i in 0..present {
-                let slot = Box::into_raw(Box::new(CachePadded::new(Stats::default())));
-                Array::slots(full).add(i).write(slot);
+                Array::slots(full).add(i).write(new_slot());
             }
         }
         array.current.store(full, Ordering::Release);
@@ -299,7 +298,7 @@ impl CopyOnGrow {
     /// longer, copies, and publishes the copy. O(processors present).
     pub fn add(&self) -> usize {
         let _writer = self.writer.lock();
-        let slot = Box::into_raw(Box::new(CachePadded::new(Stats::default())));
+        let slot = new_slot();
         let old = self.current.load(Ordering::Relaxed);
         let new = Array::grown(old, slot);
         self.current.store(new, Ordering::Release);
@@ -319,8 +318,9 @@ impl CopyOnGrow {
             return None;
         }
         // SAFETY: `index < len`, so the pointer is initialised; slots are freed
-        // only on drop.
-        Some(unsafe { &**Array::slots(array).add(index) })
+        // only on drop. (Stored as `NonNull`, so the compiler knows it is not
+        // null and adds no test: the array is dense.)
+        Some(unsafe { (*Array::slots(array).add(index)).as_ref() })
     }
 
     /// Processors present.
@@ -352,9 +352,7 @@ impl Drop for CopyOnGrow {
         // layout of its length and is freed once.
         unsafe {
             for i in 0..(*array).len {
-                drop(Box::from_raw(
-                    (*Array::slots(array).add(i)).cast_mut(),
-                ));
+                drop(Box::from_raw((*Array::slots(array).add(i)).as_ptr()));
             }
             while let Some(this) = NonNull::new(array) {
                 array = (*this.as_ptr()).replaced;
@@ -370,6 +368,11 @@ impl Drop for CopyOnGrow {
 unsafe impl Send for CopyOnGrow {}
 // SAFETY: as above.
 unsafe impl Sync for CopyOnGrow {}
+
+/// A slot on the heap, owned by the array until it is dropped.
+fn new_slot() -> NonNull<CachePadded<Stats>> {
+    NonNull::from(Box::leak(Box::new(CachePadded::new(Stats::default()))))
+}
 
 /// A lock around a vector of cache-padded slots: readers take the read lock
 /// (two interlocked operations per read), an add takes the write lock and pushes.
@@ -416,8 +419,7 @@ impl PerThread {
 
     /// Makes the calling thread's slot.
     pub fn touch(&self) {
-        self.slots
-            .get_or(|| CachePadded::new(Stats::default()));
+        self.slots.get_or(|| CachePadded::new(Stats::default()));
     }
 }
 
