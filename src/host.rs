@@ -15,8 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::alloc::System;
 
 use crate::{
-    AllocError, Error, PinGuard, Platform, ProcessorIndex, RawAlloc, UniformGroups,
-    MAX_GROUP_SIZE,
+    AllocError, Error, PinGuard, Platform, ProcessorIndex, RawAlloc, UniformGroups, MAX_GROUP_SIZE,
 };
 
 /// The most simulated processors the host supports.

@@ -103,6 +103,6 @@ pub mod testing;
 pub use allocator::{AllocError, RawAlloc};
 pub use change::{ChangeState, Component, Components, ProcessorChange};
 pub use error::Error;
-pub use percpu::{Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
+pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};

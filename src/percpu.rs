@@ -114,6 +114,21 @@ struct Shared<T> {
     online: AtomicUsize,
 }
 
+/// A constructor that is a plain function (or a closure that captures nothing),
+/// the default constructor type of [`PerCpu`], so the container's type can be
+/// named in a struct field: `PerCpu<Stats, KernelAlloc>`.
+///
+/// ```
+/// use perproc::{host::HostAlloc, InitFn, PerCpu, SlotPadding};
+/// struct Driver {
+///     stats: PerCpu<u64, HostAlloc>,
+/// }
+/// let zero: InitFn<u64> = |_cpu| Ok(0);
+/// let driver = Driver { stats: PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::CacheLine, zero)? };
+/// # Ok::<(), perproc::Error>(())
+/// ```
+pub type InitFn<T> = fn(ProcessorIndex) -> Result<T, Error>;
+
 /// Per-processor values that grow on hot-add.
 ///
 /// `T` is built for a processor by the constructor `init` when the processor is
@@ -150,7 +165,7 @@ struct Shared<T> {
 /// assert!(hits.get(ProcessorIndex::new(2).unwrap()).is_none()); // not added yet
 /// # Ok::<(), perproc::Error>(())
 /// ```
-pub struct PerCpu<T, A: RawAlloc, F = fn(ProcessorIndex) -> Result<T, Error>> {
+pub struct PerCpu<T, A: RawAlloc, F = InitFn<T>> {
     // No field of the container itself is ever written after construction: what
     // changes (the table's words, the list head, the counts) lives in the block
     // these pointers point into. So `PerCpu` has no interior mutability of its

@@ -5,10 +5,10 @@
 //! reach after a publication lives in [`UnsafeCell`] or an atomic from here).
 //! Elsewhere they are `core`'s, with the same small API.
 
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
 
 pub(crate) use core::sync::atomic::Ordering;
 
