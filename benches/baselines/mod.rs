@@ -24,12 +24,22 @@ use perproc::host::{HostAlloc, HostGuard};
 use perproc::{PerCpu, PinGuard, ProcessorIndex, SlotPadding};
 
 /// The per-processor payload: two counters a driver bumps on its hot path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Requests seen on this processor.
     pub hits: AtomicU64,
     /// Bytes moved on this processor.
     pub bytes: AtomicU64,
+}
+
+impl Default for Stats {
+    /// `hits` starts at 1, so a read that found no slot (0) shows in a sum.
+    fn default() -> Self {
+        Self {
+            hits: AtomicU64::new(1),
+            bytes: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The constructor perproc's containers use.
@@ -435,5 +445,69 @@ impl CurrentSlot for PerThread {
         self.slots
             .get()
             .map_or(0, |stats| stats.hits.load(Ordering::Relaxed))
+    }
+}
+
+/// The hot-path variants, in the order the benchmark and the callgrind example
+/// run them.
+pub const VARIANTS: [&str; 7] = [
+    "index_only",
+    "fixed_array",
+    "perproc",
+    "directory",
+    "copy_on_grow",
+    "thread_local",
+    "spin_rwlock_vec",
+];
+
+/// Every contender of the hot-path benchmark, with `processors` processors
+/// present (all added, in index order).
+pub struct Contenders {
+    ours: Ours,
+    fixed: Fixed,
+    directory: Directory,
+    copy_on_grow: CopyOnGrow,
+    per_thread: PerThread,
+    locked: Locked,
+}
+
+impl Contenders {
+    /// Builds them all; the calling thread's `thread_local` slot is made too.
+    pub fn new(processors: usize) -> Self {
+        let ours = ours(processors);
+        let directory = Directory::new(processors);
+        let copy_on_grow = CopyOnGrow::new();
+        for i in 0..processors {
+            let index = ProcessorIndex::from_usize(i).unwrap();
+            ours.prepare(index).unwrap();
+            ours.commit(index).unwrap();
+            directory.add(i);
+            copy_on_grow.add();
+        }
+        let per_thread = PerThread::new();
+        per_thread.touch();
+        Self {
+            ours,
+            fixed: Fixed::new(processors),
+            directory,
+            copy_on_grow,
+            per_thread,
+            locked: Locked::new(processors),
+        }
+    }
+
+    /// `iters` reads through `variant` (one of [`VARIANTS`]); `None` for an
+    /// unknown name.
+    pub fn run(&self, variant: &str, pin: &HostGuard<'_>, iters: u64) -> Option<u64> {
+        Some(match variant {
+            "index_only" => index_loop(pin, iters),
+            "fixed_array" => read_loop(&self.fixed, pin, iters),
+            "perproc" => read_loop(&self.ours, pin, iters),
+            "directory" => read_loop(&self.directory, pin, iters),
+            "copy_on_grow" => read_loop(&self.copy_on_grow, pin, iters),
+            "thread_local" => read_loop(&self.per_thread, pin, iters),
+            "spin_rwlock_vec" => read_loop(&self.locked, pin, iters),
+            _ => return None,
+        })
     }
 }

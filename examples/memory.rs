@@ -1,0 +1,103 @@
+//! Prints what perproc's containers cost in memory, measured by the counting
+//! allocator (`perproc::testing::CountingAlloc`), not computed by hand:
+//!
+//! - bytes per absent processor (the table's word),
+//! - the container's fixed bytes,
+//! - bytes per present processor, and how many of them are beyond `T`.
+//!
+//! `cargo run --release --example memory` (`--quick` is accepted and changes
+//! nothing: it is fast). `tests/memory.rs` asserts the same figures.
+
+use perproc::host::HostAlloc;
+use perproc::testing::CountingAlloc;
+use perproc::{Error, PerCpu, ProcessorIndex, SlotPadding, CACHE_LINE};
+
+/// Live bytes and blocks of a container of `capacity` with `present` processors
+/// prepared, and its slot size.
+fn footprint<T: Default>(
+    capacity: usize,
+    present: usize,
+    padding: SlotPadding,
+) -> Result<(usize, usize, usize), Error> {
+    let counting = CountingAlloc::new(HostAlloc);
+    let table = PerCpu::with_capacity_in(capacity, &counting, padding, |_| Ok(T::default()))?;
+    for i in 0..present {
+        table.prepare(ProcessorIndex::from_usize(i).ok_or(Error::CapacityOverflow)?)?;
+    }
+    Ok((
+        counting.live_bytes(),
+        counting.live_blocks(),
+        table.slot_size(),
+    ))
+}
+
+fn row<T: Default>(name: &str, padding: SlotPadding) -> Result<(), Error> {
+    const SMALL: usize = 1024;
+    const LARGE: usize = 2048;
+    const PRESENT: usize = 64;
+    let (small, _, _) = footprint::<T>(SMALL, 0, padding)?;
+    let (large, blocks, _) = footprint::<T>(LARGE, 0, padding)?;
+    let (full, full_blocks, slot) = footprint::<T>(LARGE, PRESENT, padding)?;
+    let per_absent = (large - small) / (LARGE - SMALL);
+    let fixed = large - LARGE * per_absent;
+    let per_present = (full - large) / PRESENT;
+    let beyond = per_present - core::mem::size_of::<T>();
+    println!(
+        "| {name:<12} | {padding:<9} | {:>3} | {per_absent:>11} | {fixed:>11} | {per_present:>12} | {beyond:>8} | {blocks} + {} |",
+        core::mem::size_of::<T>(),
+        full_blocks - blocks,
+        padding = format!("{padding:?}"),
+    );
+    debug_assert_eq!(per_present, slot);
+    Ok(())
+}
+
+/// Two counters, as in the benchmarks.
+#[derive(Default)]
+#[allow(dead_code)]
+struct Stats {
+    hits: u64,
+    bytes: u64,
+}
+
+fn main() -> Result<(), Error> {
+    println!(
+        "Memory of PerCpu<T>, measured with CountingAlloc (bytes; cache line = {CACHE_LINE}):"
+    );
+    println!();
+    println!("| T            | padding   | T   | per absent  | fixed       | per present  | beyond T | blocks (empty + present) |");
+    println!("|--------------|-----------|-----|-------------|-------------|--------------|----------|--------------------------|");
+    row::<u64>("u64", SlotPadding::CacheLine)?;
+    row::<u64>("u64", SlotPadding::Compact)?;
+    row::<Stats>("Stats", SlotPadding::CacheLine)?;
+    row::<Stats>("Stats", SlotPadding::Compact)?;
+    row::<Bytes<112>>("Bytes<112>", SlotPadding::CacheLine)?;
+    row::<Bytes<113>>("Bytes<113>", SlotPadding::CacheLine)?;
+    row::<Words<64>>("Words<64>", SlotPadding::CacheLine)?;
+    println!();
+    println!(
+        "For comparison, a fixed array of cache-padded slots costs {} bytes per possible processor, present or not.",
+        core::mem::size_of::<crossbeam_utils::CachePadded<Stats>>()
+    );
+    Ok(())
+}
+
+/// `N` bytes, byte-aligned.
+#[allow(dead_code)]
+struct Bytes<const N: usize>([u8; N]);
+
+impl<const N: usize> Default for Bytes<N> {
+    fn default() -> Self {
+        Self([0; N])
+    }
+}
+
+/// `N` words, word-aligned.
+#[allow(dead_code)]
+struct Words<const N: usize>([u64; N]);
+
+impl<const N: usize> Default for Words<N> {
+    fn default() -> Self {
+        Self([0; N])
+    }
+}
