@@ -2,9 +2,11 @@
 //! accumulate, and of registration replaying every present processor.
 //!
 //! The k-th add is measured on containers already grown to k - 1 processors.
-//! Each batch of up to `CHUNK` such containers is built untimed, then the k-th
-//! add of each is timed as one span (so the clock's own cost is spread over the
-//! batch), then the batch is dropped untimed. Only the adds are inside the span.
+//! One criterion iteration builds `ADDS` such containers (untimed), times the
+//! k-th add of each as one span (so the clock's own cost is spread over `ADDS`
+//! adds, the same way for every k however criterion plans its samples), then
+//! drops them (untimed). Only the adds are inside the span. The reported time
+//! is per `ADDS` adds (criterion's throughput line gives adds per second).
 //! See BENCHMARKS.md.
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -24,8 +26,8 @@ use baselines::{ours, CopyOnGrow, Directory, Ours};
 
 /// The machine's maximum processor count: every table is sized for it.
 const MAX: usize = 2048;
-/// Containers built per timed span.
-const CHUNK: u64 = 16;
+/// Adds (one per fresh container) per criterion iteration.
+const ADDS: u64 = 16;
 /// The k at which the k-th add is measured (1-based: k = 1 is the first add).
 const KS: [usize; 6] = [1, 64, 256, 512, 1024, 2048];
 /// Processors a registration replays.
@@ -52,20 +54,17 @@ fn directory_with(present: usize) -> Directory {
     directory
 }
 
-/// Times `add` on `iters` containers made by `build`, `CHUNK` at a time.
+/// `iters` times: `ADDS` containers made by `build`, then `add` on each, timed.
 fn time_adds<C>(iters: u64, build: impl Fn() -> C, add: impl Fn(&C)) -> Duration {
     let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let batch = left.min(CHUNK);
-        let containers: Vec<C> = (0..batch).map(|_| build()).collect();
+    for _ in 0..iters {
+        let containers: Vec<C> = (0..ADDS).map(|_| build()).collect();
         let start = Instant::now();
         for container in &containers {
             add(black_box(container));
         }
         total += start.elapsed();
         drop(containers);
-        left -= batch;
     }
     total
 }
@@ -77,6 +76,7 @@ fn kth_add(c: &mut Criterion) {
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(20)
+        .throughput(Throughput::Elements(ADDS))
         .warm_up_time(Duration::from_millis(2))
         .measurement_time(Duration::from_millis(4));
     for k in KS {
