@@ -121,7 +121,9 @@ fn run(o: &Options) -> Result<(), String> {
         driver.start(cpu(i)).map_err(|e| format!("boot {i}: {e}"))?;
     }
     for i in 0..o.boot {
-        driver.complete(cpu(i)).map_err(|e| format!("boot {i}: {e}"))?;
+        driver
+            .complete(cpu(i))
+            .map_err(|e| format!("boot {i}: {e}"))?;
     }
 
     let stop = AtomicBool::new(false);
@@ -243,7 +245,10 @@ fn run(o: &Options) -> Result<(), String> {
                 return Err(format!("vetoed processor {i} is visible"));
             }
             if !matches!(locals.state(cpu(i)), SlotState::Absent | SlotState::Retired) {
-                return Err(format!("vetoed processor {i} is {:?}", locals.state(cpu(i))));
+                return Err(format!(
+                    "vetoed processor {i} is {:?}",
+                    locals.state(cpu(i))
+                ));
             }
         }
         None if (o.boot..o.max).contains(&o.veto) => {
