@@ -278,32 +278,6 @@ impl CopyOnGrow {
         }
     }
 
-    /// An array of `present` processors built in one step: the state `present`
-    /// adds leave behind, without their cost (for the growth benchmark's setup).
-    pub fn with_present(present: usize) -> Self {
-        let array = Self::new();
-        let layout = Array::layout(present);
-        // SAFETY: the layout is not zero-sized (it has the header).
-        let full = unsafe { alloc::alloc(layout) }.cast::<Array>();
-        if full.is_null() {
-            alloc::handle_alloc_error(layout);
-        }
-        let empty = array.current.load(Ordering::Relaxed);
-        // SAFETY: room for the header and `present` pointers; nothing else sees
-        // `full` until it is published below.
-        unsafe {
-            full.write(Array {
-                len: present,
-                replaced: empty,
-            });
-            for i in 0..present {
-                Array::slots(full).add(i).write(new_slot());
-            }
-        }
-        array.current.store(full, Ordering::Release);
-        array
-    }
-
     /// Adds the next processor (index `len`): allocates its slot and an array one
     /// longer, copies, and publishes the copy. O(processors present).
     pub fn add(&self) -> usize {
