@@ -34,8 +34,18 @@ use baselines::{ours, CopyOnGrow, Directory, Ours};
 
 /// The machine's maximum processor count: every table is sized for it.
 const MAX: usize = 2048;
-/// Adds (one per container of a batch) per criterion iteration.
+/// Adds (one per container of a batch) per criterion iteration; the
+/// environment variable `GROWTH_BATCH` overrides it (BENCHMARKS.md uses 4 to
+/// show what the batch's own memory footprint does to the figures).
 const ADDS: usize = 16;
+
+fn batch_size() -> usize {
+    std::env::var("GROWTH_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(ADDS)
+}
 /// The k at which the k-th add is measured (1-based: k = 1 is the first add).
 const KS: [usize; 6] = [1, 64, 256, 512, 1024, 2048];
 /// Processors a registration replays.
@@ -61,8 +71,9 @@ fn time_kth_adds<C>(
     grow: impl Fn(&C, usize),
 ) -> Duration {
     let mut total = Duration::ZERO;
+    let adds = batch_size();
     for _ in 0..iters {
-        let batch: Vec<C> = (0..ADDS).map(|_| empty()).collect();
+        let batch: Vec<C> = (0..adds).map(|_| empty()).collect();
         for i in 0..k - 1 {
             for container in &batch {
                 grow(container, i);
