@@ -89,10 +89,13 @@ extern crate std;
 
 mod allocator;
 mod change;
+#[cfg(target_has_atomic = "64")]
+mod counter;
 mod error;
 mod percpu;
 mod platform;
 mod processor;
+mod queue;
 mod sync;
 
 #[cfg(feature = "host")]
@@ -102,7 +105,10 @@ pub mod testing;
 
 pub use allocator::{AllocError, RawAlloc};
 pub use change::{ChangeState, Component, Components, ProcessorChange};
+#[cfg(target_has_atomic = "64")]
+pub use counter::{CounterId, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
 pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
+pub use queue::{Drain, DrainAll, PerCpuQueue, PushError};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};

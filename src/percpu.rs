@@ -529,6 +529,13 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
         self.slot_layout.size()
     }
 
+    /// The allocator the container allocates its slots from, for containers built
+    /// on `PerCpu` that keep more per-processor memory (a queue's ring), so it is
+    /// placed and accounted the same way.
+    pub fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
     /// The table's word for `index`, or the out-of-range error.
     fn entry(&self, index: ProcessorIndex) -> Result<&AtomicPtr<Slot<T>>, Error> {
         self.table()

@@ -6,9 +6,17 @@
 //! Elsewhere they are `core`'s, with the same small API.
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize};
+
+// 64-bit counters need 64-bit atomic loads and stores (every Windows target has
+// them: x86 through cmpxchg8b/SSE, x64, arm64); the counter module is built only
+// where they exist.
+#[cfg(all(not(loom), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
+#[cfg(all(loom, target_has_atomic = "64"))]
+pub(crate) use loom::sync::atomic::AtomicU64;
 
 pub(crate) use core::sync::atomic::Ordering;
 
