@@ -75,13 +75,13 @@ impl<const N: usize> Block<N> {
         Ok(Self(core::array::from_fn(|_| AtomicU64::new(0))))
     }
 
-    fn read(&self) -> [u64; N] {
-        core::array::from_fn(|i| self.load(i))
+    fn read(&self, order: Ordering) -> [u64; N] {
+        core::array::from_fn(|i| self.load(i, order))
     }
 
     #[inline(always)]
-    fn load(&self, i: usize) -> u64 {
-        self.0.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self.0.get(i).map_or(0, |c| c.load(order))
     }
 }
 
@@ -181,7 +181,10 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
             }
             None => {
                 if let Some(count) = self.unplaced.0.get(counter.0) {
-                    count.fetch_add(delta, Ordering::Relaxed);
+                    // Release, with the sums' acquire load of this block (read
+                    // first): a sum that sees what a processor counted after its
+                    // add was aborted also sees what it counted before.
+                    count.fetch_add(delta, Ordering::Release);
                 }
             }
         }
@@ -191,16 +194,17 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
     /// shared block included). Never torn; for a counter only added to, never
     /// lower than a total taken before it.
     pub fn sum(&self, counter: CounterId<N>) -> u64 {
-        self.blocks
-            .iter_all()
-            .fold(self.unplaced.load(counter.0), |total, (_, block)| {
-                total.wrapping_add(block.load(counter.0))
-            })
+        // The shared block first (acquire), then the list of blocks: see `add`.
+        let unplaced = self.unplaced.load(counter.0, Ordering::Acquire);
+        self.blocks.iter_all().fold(unplaced, |total, (_, block)| {
+            total.wrapping_add(block.load(counter.0, Ordering::Relaxed))
+        })
     }
 
     /// The totals of every counter, in one pass over the processors.
     pub fn sums(&self) -> [u64; N] {
-        let mut totals = self.unplaced.read();
+        // The shared block first (acquire), then the list of blocks: see `add`.
+        let mut totals = self.unplaced.read(Ordering::Acquire);
         for (_, block) in self.blocks.iter_all() {
             for (total, count) in totals.iter_mut().zip(block.0.iter()) {
                 *total = total.wrapping_add(count.load(Ordering::Relaxed));
@@ -214,7 +218,7 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
         self.blocks
             .get(index)
             .or_else(|| self.blocks.retired(index))
-            .map(Block::read)
+            .map(|block| block.read(Ordering::Relaxed))
     }
 
     /// Every processor that has a block (published or retired) with its
@@ -222,12 +226,12 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
     pub fn per_processor(&self) -> impl Iterator<Item = (ProcessorIndex, [u64; N])> + '_ {
         self.blocks
             .iter_all()
-            .map(|(index, block)| (index, block.read()))
+            .map(|(index, block)| (index, block.read(Ordering::Relaxed)))
     }
 
     /// What processors without a block added.
     pub fn unplaced(&self) -> [u64; N] {
-        self.unplaced.read()
+        self.unplaced.read(Ordering::Acquire)
     }
 
     /// AddStart: allocates and publishes processor `index`'s block (zeroed, or

@@ -84,7 +84,7 @@
     missing_docs
 )]
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", loom))]
 extern crate std;
 
 mod allocator;
@@ -110,5 +110,5 @@ pub use counter::{CounterId, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
 pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
-pub use queue::{Drain, DrainAll, PerCpuQueue, PushError};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};
+pub use queue::{Drain, DrainAll, PerCpuQueue, PushError};

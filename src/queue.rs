@@ -123,10 +123,25 @@ impl Shape {
 
 /// What consumers share: written under the claim.
 struct ConsumerSide {
-    /// Position of the next item to take. Written only by the claim holder.
+    /// Position of the next item to take, published to the producer. Written
+    /// only by the claim holder.
     head: AtomicUsize,
+    /// The claim holder's own copy of `head`: consumers never load the atomic
+    /// they store. (Cheaper, and loom's scheduler tracks only an object's last
+    /// access, so a load before a store of the same thread would hide that store
+    /// from the race it has with the producer's load.)
+    taken: UnsafeCell<usize>,
     /// The claim: set by the one consumer taking items from this ring.
     busy: AtomicBool,
+}
+
+/// What only the producer touches.
+struct ProducerSide {
+    /// Its own copy of `tail` (never loads the atomic it stores, as above).
+    tail: usize,
+    /// Its last view of `head`, so it reads the consumers' line only when the
+    /// ring looks full.
+    head_seen: usize,
 }
 
 /// One processor's queue. The consumers' line comes first and alone; the
@@ -134,11 +149,10 @@ struct ConsumerSide {
 #[repr(C)]
 struct Ring<T> {
     consumer: CachePadded<ConsumerSide>,
-    /// Position of the next item to put. Written only by the producer.
+    /// Position of the next item to put, published to consumers. Written only
+    /// by the producer.
     tail: AtomicUsize,
-    /// The producer's last view of `head`, so it reads the consumers' line only
-    /// when the ring looks full. Producer only.
-    head_seen: UnsafeCell<usize>,
+    producer: UnsafeCell<ProducerSide>,
     /// The cells: null until the processor's prepare installs them, then fixed
     /// until the container drops.
     cells: AtomicPtr<Cell<T>>,
@@ -162,10 +176,14 @@ impl<T> Ring<T> {
         Ok(Self {
             consumer: CachePadded::new(ConsumerSide {
                 head: AtomicUsize::new(0),
+                taken: UnsafeCell::new(0),
                 busy: AtomicBool::new(false),
             }),
             tail: AtomicUsize::new(0),
-            head_seen: UnsafeCell::new(0),
+            producer: UnsafeCell::new(ProducerSide {
+                tail: 0,
+                head_seen: 0,
+            }),
             cells: AtomicPtr::new(ptr::null_mut()),
             _items: PhantomData,
         })
@@ -190,16 +208,15 @@ impl<T> Ring<T> {
                 error: Error::NotPrepared,
             });
         };
-        let tail = self.tail.load(Ordering::Relaxed);
-        // SAFETY: producer-only field and we are the producer (caller's promise).
-        let mut head = self.head_seen.with(|seen| unsafe { *seen });
-        if tail.wrapping_sub(head) >= shape.capacity {
+        // SAFETY: producer-only state and we are the producer (caller's
+        // promise), so nothing else reads or writes it during this call.
+        let producer = self.producer.with_mut(|producer| unsafe { &mut *producer });
+        let tail = producer.tail;
+        if tail.wrapping_sub(producer.head_seen) >= shape.capacity {
             // Acquire: the consumer moved the items out of the cells it freed
-            // before this store, so we may overwrite them.
-            head = self.consumer.head.load(Ordering::Acquire);
-            // SAFETY: producer-only field, as above.
-            self.head_seen.with_mut(|seen| unsafe { *seen = head });
-            if tail.wrapping_sub(head) >= shape.capacity {
+            // before its release store, so we may overwrite them.
+            producer.head_seen = self.consumer.head.load(Ordering::Acquire);
+            if tail.wrapping_sub(producer.head_seen) >= shape.capacity {
                 return Err(PushError {
                     item,
                     error: Error::Exhausted,
@@ -214,7 +231,8 @@ impl<T> Ring<T> {
             let cell: &Cell<T> = cells.add(tail & shape.mask).as_ref();
             cell.with_mut(|cell| cell.write(MaybeUninit::new(item)));
         }
-        self.tail.store(tail.wrapping_add(1), PUBLISH);
+        producer.tail = tail.wrapping_add(1);
+        self.tail.store(producer.tail, PUBLISH);
         Ok(())
     }
 
@@ -232,8 +250,9 @@ impl<T> Ring<T> {
         {
             return Drain { claim: None };
         }
-        // The claim's acquire made the previous holder's `head` store visible.
-        let head = self.consumer.head.load(Ordering::Relaxed);
+        // SAFETY: `taken` is written only under the claim, which we hold; the
+        // claim's acquire made the previous holder's write visible.
+        let head = self.consumer.taken.with(|taken| unsafe { *taken });
         let end = self.tail.load(Ordering::Acquire);
         Drain {
             claim: Some(Claim {
@@ -283,7 +302,13 @@ impl<T> Claim<'_, T> {
         self.head = self.head.wrapping_add(1);
         // Per item, not at the end: a drain that is leaked (`mem::forget`) must
         // never leave an item both taken and still queued.
-        self.ring.consumer.head.store(self.head, Ordering::Release);
+        let head = self.head;
+        // SAFETY: written only under the claim, which we hold.
+        self.ring
+            .consumer
+            .taken
+            .with_mut(|taken| unsafe { *taken = head });
+        self.ring.consumer.head.store(head, Ordering::Release);
         Some(item)
     }
 }
@@ -623,9 +648,7 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
 
     /// The processor's queue, published or retired.
     fn ring(&self, index: ProcessorIndex) -> Option<&Ring<T>> {
-        self.rings
-            .get(index)
-            .or_else(|| self.rings.retired(index))
+        self.rings.get(index).or_else(|| self.rings.retired(index))
     }
 
     /// Allocates and initialises a ring's cells, placed for `index`.
@@ -709,6 +732,13 @@ impl<T, A: RawAlloc> Drop for FreshCells<'_, T, A> {
 
 impl<T, A: RawAlloc> Drop for PerCpuQueue<T, A> {
     fn drop(&mut self) {
+        // A loom model that failed inside a cell access unwinds through here with
+        // that access still open; touching the cells again would abort the run
+        // instead of reporting the failure.
+        #[cfg(loom)]
+        if std::thread::panicking() {
+            return;
+        }
         for (_, ring) in self.rings.iter_all() {
             let Some(cells) = NonNull::new(ring.cells.swap(ptr::null_mut(), Ordering::Acquire))
             else {

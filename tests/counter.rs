@@ -102,7 +102,9 @@ fn counter_ids_are_checked() {
     assert_eq!(CounterId::<3>::new(3), None);
     assert_eq!(CounterId::<0>::new(0), None);
     assert_eq!(
-        CounterId::<3>::all().map(CounterId::get).collect::<Vec<_>>(),
+        CounterId::<3>::all()
+            .map(CounterId::get)
+            .collect::<Vec<_>>(),
         [0, 1, 2]
     );
 }

@@ -87,7 +87,10 @@ fn a_full_queue_hands_the_item_back_at_exactly_its_capacity() {
     assert_eq!(q.pop(pin_index(&pin)), Some(0));
     q.push(&pin, 5).unwrap();
     assert_eq!(q.push(&pin, 6).unwrap_err().error, Error::Exhausted);
-    assert_eq!(q.drain(pin_index(&pin)).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        q.drain(pin_index(&pin)).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
 }
 
 fn pin_index(pin: &impl perproc::PinGuard) -> perproc::ProcessorIndex {
@@ -149,7 +152,11 @@ fn the_queue_exists_from_start_before_complete() {
     on(&platform, 1, || q.push(&platform.pin(), 7).unwrap());
     driver.complete(cpu(1)).unwrap();
     assert_eq!(q.state(cpu(1)), SlotState::Online);
-    assert_eq!(q.pop(cpu(1)), Some(7), "work queued before Complete survives it");
+    assert_eq!(
+        q.pop(cpu(1)),
+        Some(7),
+        "work queued before Complete survives it"
+    );
 }
 
 #[test]
@@ -205,7 +212,11 @@ fn a_second_consumer_finds_a_claimed_queue_empty_and_the_first_takes_everything(
     }
     let mut first = q.drain(cpu(0));
     assert_eq!(first.next(), Some(0));
-    assert_eq!(q.pop(cpu(0)), None, "claimed: another consumer does not wait");
+    assert_eq!(
+        q.pop(cpu(0)),
+        None,
+        "claimed: another consumer does not wait"
+    );
     assert_eq!(q.drain_all().count(), 0, "drain_all skips a claimed queue");
     // Dropping a drain early leaves the rest queued.
     drop(first);
@@ -269,7 +280,11 @@ fn storage_is_placed_for_its_processor_and_the_fast_path_allocates_nothing() {
     let platform = HostPlatform::new(4).unwrap();
     let (placed, blocks) = (counting.placed_allocations(), counting.live_blocks());
     q.prepare(cpu(3)).unwrap();
-    assert_eq!(counting.placed_allocations(), placed + 2, "ring and cells, placed");
+    assert_eq!(
+        counting.placed_allocations(),
+        placed + 2,
+        "ring and cells, placed"
+    );
     assert_eq!(counting.live_blocks(), blocks + 2);
     assert!(
         counting.live_bytes() >= 128 * std::mem::size_of::<u64>(),
@@ -287,7 +302,11 @@ fn storage_is_placed_for_its_processor_and_the_fast_path_allocates_nothing() {
             assert_eq!(q.drain(cpu(3)).count(), 100);
         }
     });
-    assert_eq!(counting.allocations(), allocations, "no allocation when pushing or popping");
+    assert_eq!(
+        counting.allocations(),
+        allocations,
+        "no allocation when pushing or popping"
+    );
     drop(q);
     assert_eq!(counting.live_blocks(), 0);
 }
@@ -315,7 +334,11 @@ fn items_are_moved_and_every_one_is_dropped_exactly_once() {
             q.push(&pin, Tracked::new(10, &live)).unwrap();
             q.push(&pin, Tracked::new(11, &live)).unwrap();
         });
-        assert_eq!(live.load(Ordering::SeqCst), 6, "the refused one was dropped by its owner");
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            6,
+            "the refused one was dropped by its owner"
+        );
         let taken = q.pop(cpu(0)).unwrap();
         assert_eq!(taken.id, 0);
         drop(taken);
@@ -328,7 +351,11 @@ fn items_are_moved_and_every_one_is_dropped_exactly_once() {
         drop(q.abort(cpu(2)).unwrap());
         assert_eq!(live.load(Ordering::SeqCst), 4);
     }
-    assert_eq!(live.load(Ordering::SeqCst), 0, "the queue's drop dropped the rest once");
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "the queue's drop dropped the rest once"
+    );
     assert_eq!(counting.live_blocks(), 0);
 }
 
@@ -419,7 +446,10 @@ fn every_failed_allocation_leaves_nothing_published_and_nothing_leaked() {
         assert_eq!(counting.live_blocks(), 0, "k = {k}");
         if !failed {
             assert_eq!(alloc.injected(), 0);
-            assert!(k > 6, "at least 2 queue + 1 counter allocations per processor");
+            assert!(
+                k > 6,
+                "at least 2 queue + 1 counter allocations per processor"
+            );
             break;
         }
     }

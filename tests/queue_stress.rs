@@ -33,9 +33,15 @@ fn check_order(taken: &[(u32, u64)]) {
     let mut last = vec![None; PRODUCERS as usize];
     for &(index, item) in taken {
         let producer = (item >> 32) as u32;
-        assert_eq!(index, producer, "item {item:#x} came from processor {index}");
+        assert_eq!(
+            index, producer,
+            "item {item:#x} came from processor {index}"
+        );
         let prev = &mut last[producer as usize];
-        assert!(prev.is_none_or(|p| p < item), "out of order: {item:#x} after {prev:?}");
+        assert!(
+            prev.is_none_or(|p| p < item),
+            "out of order: {item:#x} after {prev:?}"
+        );
         *prev = Some(item);
     }
 }
@@ -159,7 +165,12 @@ fn every_item_is_consumed_exactly_once_across_hot_adds_and_aborts() {
         let mut taken: Vec<Vec<(u32, u64)>> =
             drainers.into_iter().map(|h| h.join().unwrap()).collect();
         // What is left after every drainer stopped.
-        taken.push(queues.drain_all().map(|(i, item)| (i.get(), item)).collect());
+        taken.push(
+            queues
+                .drain_all()
+                .map(|(i, item)| (i.get(), item))
+                .collect(),
+        );
         (pushed, taken, returned)
     });
 
