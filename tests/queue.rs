@@ -440,7 +440,6 @@ fn every_failed_allocation_leaves_nothing_published_and_nothing_leaked() {
         drained.sort();
         assert_eq!(drained.len(), pushed);
         assert_eq!(stats.sums(), [pushed as u64]);
-        drop(driver);
         drop(q);
         drop(stats);
         assert_eq!(counting.live_blocks(), 0, "k = {k}");

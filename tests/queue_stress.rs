@@ -194,7 +194,6 @@ fn every_item_is_consumed_exactly_once_across_hot_adds_and_aborts() {
     assert_eq!(consumed, pushed, "every pushed item consumed, nothing else");
     assert_eq!(stats.sums(), [ITEMS * u64::from(PRODUCERS)]);
     assert_eq!(queues.total_len(), 0);
-    drop(driver);
     drop(queues);
     drop(stats);
     assert_eq!(counting.live_blocks(), 0, "nothing leaked");
