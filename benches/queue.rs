@@ -4,7 +4,9 @@
 //! and pinned for the whole run, as a DPC is at DISPATCH_LEVEL):
 //!
 //! - `queue_pair`: one enqueue and one dequeue on the local processor's queue,
-//!   against a global `spin::Mutex<VecDeque>` (both threads share it).
+//!   against a global `spin::Mutex<VecDeque>` (both threads share it). The
+//!   dequeue is `pop` (claims the consumer side each time: one CAS) or, in
+//!   `perproc_held_consumer`, a `Consumer` claimed once before the loop.
 //! - `queue_batch32`: 32 enqueues then one drain of 32, per item.
 //! - `counter_add`: one add to the local processor's counter, against a plain
 //!   non-atomic increment of a counter the thread owns.
@@ -75,6 +77,22 @@ fn queues(c: &mut Criterion) {
                     for i in 0..iters {
                         queue.push(&pin, black_box(i)).unwrap();
                         black_box(queue.pop(me));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        // A DPC working off its own queue: the consumer side claimed once.
+        group.bench_function(BenchmarkId::new("perproc_held_consumer", threads), |b| {
+            b.iter_custom(|iters| {
+                on_threads(&platform, threads, iters, &|me, iters| {
+                    let pin = platform.pin();
+                    let mut consumer = queue.consumer(me).unwrap();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        queue.push(&pin, black_box(i)).unwrap();
+                        black_box(consumer.pop());
                     }
                     start.elapsed()
                 })

@@ -36,6 +36,25 @@ fn perproc_queue_pairs(queue: &PerCpuQueue<u64, HostAlloc>, pin: &HostGuard<'_>,
 }
 
 #[inline(never)]
+fn perproc_held_consumer_pairs(
+    queue: &PerCpuQueue<u64, HostAlloc>,
+    pin: &HostGuard<'_>,
+    n: u64,
+) -> u64 {
+    let Some(mut consumer) = queue.consumer(ProcessorIndex::ZERO) else {
+        return u64::MAX;
+    };
+    let mut sum = 0;
+    for i in 0..n {
+        if queue.push(pin, black_box(i)).is_err() {
+            return u64::MAX;
+        }
+        sum += consumer.pop().unwrap_or(u64::MAX);
+    }
+    sum
+}
+
+#[inline(never)]
 fn spin_vecdeque_pairs(queue: &spin::Mutex<VecDeque<u64>>, n: u64) -> u64 {
     let mut sum = 0;
     for i in 0..n {
@@ -76,6 +95,7 @@ fn main() -> ExitCode {
     let pin = platform.pin();
     let expected = n * (n - 1) / 2;
     let pairs = perproc_queue_pairs(&queue, &pin, n);
+    let held_pairs = perproc_held_consumer_pairs(&queue, &pin, n);
     let baseline_pairs = spin_vecdeque_pairs(&global, n);
     perproc_counter_adds(&stats, &pin, n);
     plain_counter_adds(&mut plain, n);
@@ -83,6 +103,7 @@ fn main() -> ExitCode {
 
     println!("{n} iterations of each loop");
     let ok = pairs == expected
+        && held_pairs == expected
         && baseline_pairs == expected
         && stats.sum(ADDS) == n
         && plain == n
@@ -92,7 +113,7 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!(
-            "wrong results: pairs {pairs} / {baseline_pairs} (want {expected}), adds {} / {plain} (want {n})",
+            "wrong results: pairs {pairs} / {held_pairs} / {baseline_pairs} (want {expected}), adds {} / {plain} (want {n})",
             stats.sum(ADDS)
         );
         ExitCode::FAILURE

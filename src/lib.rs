@@ -12,6 +12,10 @@
 //!   copying or locking, read in one acquire load;
 //! - [`Component`] and [`Components`]: the two-phase add (prepare, commit, abort)
 //!   with rollback across a driver's several per-CPU structures;
+//! - [`PerCpuQueue<T>`]: a bounded queue per processor, filled by its own
+//!   processor without an interlocked instruction, drained by any processor,
+//!   nothing lost across a hot-add or an abort; [`PerCpuCounters`]: statistics
+//!   added to locally without an interlocked instruction and summed over all;
 //! - the seams a platform fills in: [`Platform`] (current processor, pinning,
 //!   maximum count), [`RawAlloc`] (fallible, alignment-honouring, NUMA-placed
 //!   memory). The `perproc-wdk` crate fills them with kernel calls; [`host`]
@@ -111,4 +115,4 @@ pub use error::Error;
 pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};
-pub use queue::{Drain, DrainAll, PerCpuQueue, PushError};
+pub use queue::{Consumer, Drain, DrainAll, PerCpuQueue, PushError};

@@ -144,8 +144,9 @@ struct ProducerSide {
     head_seen: usize,
 }
 
-/// One processor's queue. The consumers' line comes first and alone; the
-/// producer's fields share the next line with the slot's read-mostly header.
+/// One processor's queue: the consumers' state on its own cache line, the
+/// producer's on the next, so a remote drain does not evict what the producer
+/// writes on every push (beyond the `tail` it reads).
 #[repr(C)]
 struct Ring<T> {
     consumer: CachePadded<ConsumerSide>,
@@ -239,30 +240,30 @@ impl<T> Ring<T> {
     /// Claims the consumer side and drains what is queued now, or an empty
     /// drain if another consumer holds the claim or there are no cells.
     fn drain(&self, mask: usize) -> Drain<'_, T> {
-        let Some(cells) = NonNull::new(self.cells.load(Ordering::Acquire)) else {
-            return Drain { claim: None };
-        };
-        if self
-            .consumer
+        Drain {
+            claim: self.claim(mask),
+        }
+    }
+
+    /// The consumer side, unless another consumer holds it or there are no
+    /// cells. One CAS.
+    fn claim(&self, mask: usize) -> Option<Claim<'_, T>> {
+        let cells = NonNull::new(self.cells.load(Ordering::Acquire))?;
+        self.consumer
             .busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return Drain { claim: None };
-        }
+            .ok()?;
         // SAFETY: `taken` is written only under the claim, which we hold; the
         // claim's acquire made the previous holder's write visible.
         let head = self.consumer.taken.with(|taken| unsafe { *taken });
         let end = self.tail.load(Ordering::Acquire);
-        Drain {
-            claim: Some(Claim {
-                ring: self,
-                cells,
-                mask,
-                head,
-                end,
-            }),
-        }
+        Some(Claim {
+            ring: self,
+            cells,
+            mask,
+            head,
+            end,
+        })
     }
 
     /// Items queued now (a snapshot).
@@ -365,6 +366,35 @@ impl<T> fmt::Debug for Drain<'_, T> {
     }
 }
 
+/// The consumer side of one processor's queue, held: [`pop`](Self::pop) takes
+/// items without an interlocked instruction, including items queued after the
+/// claim was taken. From [`PerCpuQueue::consumer`].
+///
+/// For a DPC that processes its own processor's queue: claim once, then push
+/// and pop freely. While it lives, other consumers find that queue empty (it
+/// is being consumed); the producer is not affected. Dropping it releases the
+/// claim; items not popped stay queued.
+pub struct Consumer<'a, T> {
+    claim: Claim<'a, T>,
+}
+
+impl<T> Consumer<'_, T> {
+    /// Takes the oldest item, if any.
+    #[inline]
+    pub fn pop(&mut self) -> Option<T> {
+        if self.claim.head == self.claim.end {
+            self.claim.end = self.claim.ring.tail.load(Ordering::Acquire);
+        }
+        self.claim.take()
+    }
+}
+
+impl<T> fmt::Debug for Consumer<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer").finish_non_exhaustive()
+    }
+}
+
 /// Every processor's items, queue after queue, from [`PerCpuQueue::drain_all`].
 pub struct DrainAll<'a, T> {
     rings: Iter<'a, Ring<T>>,
@@ -405,7 +435,9 @@ impl<T> fmt::Debug for DrainAll<'_, T> {
 ///   [`drain_all`](Self::drain_all)): from any processor, pinned or not.
 ///   Consumers of one queue exclude each other with a try-claim (one CAS per
 ///   drain, not per item) and never wait: a queue another consumer is draining
-///   looks empty to the others, and that consumer takes its items.
+///   looks empty to the others, and that consumer takes its items. A
+///   [`Consumer`] holds the claim across pops (a DPC working off its own
+///   processor's queue).
 /// - **Hot-add** ([`Component`]): a processor's queue is allocated (for that
 ///   processor) and published at AddStart, so work may be queued on it before
 ///   AddComplete.
@@ -542,6 +574,33 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
     pub fn drain(&self, index: ProcessorIndex) -> Drain<'_, T> {
         self.ring(index)
             .map_or_else(Drain::empty, |ring| ring.drain(self.shape.mask))
+    }
+
+    /// Holds the consumer side of processor `index`'s queue (published or
+    /// retired) until the [`Consumer`] is dropped, so that popping takes no
+    /// interlocked instruction per item. One CAS.
+    ///
+    /// `None` if that queue does not exist or another consumer holds it.
+    ///
+    /// ```
+    /// use perproc::host::HostPlatform;
+    /// use perproc::{PerCpuQueue, Platform, ProcessorIndex};
+    ///
+    /// let platform = HostPlatform::new(1)?;
+    /// let work = PerCpuQueue::new(&platform, 64)?;
+    /// work.prepare(ProcessorIndex::ZERO)?;
+    /// let pin = platform.pin();
+    /// let mut mine = work.consumer(ProcessorIndex::ZERO).unwrap();
+    /// for request in 0..3 {
+    ///     work.push(&pin, request).unwrap();
+    ///     assert_eq!(mine.pop(), Some(request));
+    /// }
+    /// assert!(work.pop(ProcessorIndex::ZERO).is_none()); // held by `mine`
+    /// # Ok::<(), perproc::Error>(())
+    /// ```
+    pub fn consumer(&self, index: ProcessorIndex) -> Option<Consumer<'_, T>> {
+        let claim = self.ring(index)?.claim(self.shape.mask)?;
+        Some(Consumer { claim })
     }
 
     /// Takes every item of every processor's queue, retired ones included, each

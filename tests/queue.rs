@@ -468,3 +468,27 @@ fn a_rolled_back_start_keeps_what_was_queued_in_the_window() {
     Component::abort(&q, cpu(1)).unwrap();
     assert_eq!(q.drain_all().collect::<Vec<_>>(), [(cpu(1), 42)]);
 }
+
+#[test]
+fn a_held_consumer_pops_items_queued_after_it_was_taken_and_excludes_others() {
+    let platform = HostPlatform::new(2).unwrap();
+    let q = PerCpuQueue::new(&platform, 2).unwrap();
+    q.prepare(cpu(0)).unwrap();
+    assert!(q.consumer(cpu(1)).is_none(), "no queue, no consumer");
+    let pin = platform.pin();
+    let mut mine = q.consumer(cpu(0)).unwrap();
+    assert_eq!(mine.pop(), None);
+    for round in 0..10 {
+        q.push(&pin, round).unwrap();
+        q.push(&pin, round + 100).unwrap();
+        assert_eq!(q.push(&pin, 0).unwrap_err().error, Error::Exhausted);
+        assert!(q.consumer(cpu(0)).is_none(), "one consumer at a time");
+        assert_eq!(q.pop(cpu(0)), None);
+        assert_eq!(mine.pop(), Some(round));
+        assert_eq!(mine.pop(), Some(round + 100));
+        assert_eq!(mine.pop(), None);
+    }
+    q.push(&pin, 7).unwrap();
+    drop(mine);
+    assert_eq!(q.pop(cpu(0)), Some(7), "released: the rest stays queued");
+}

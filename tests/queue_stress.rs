@@ -12,9 +12,9 @@ use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
 use perproc::{Components, CounterId, Error, PerCpuCounters, PerCpuQueue, Platform, SlotState};
 
-const PRODUCERS: u32 = if cfg!(miri) { 3 } else { 6 };
+const PRODUCERS: u32 = if cfg!(miri) { 4 } else { 6 };
 const DRAINERS: u32 = 2;
-const ITEMS: u64 = if cfg!(miri) { 40 } else { 50_000 };
+const ITEMS: u64 = if cfg!(miri) { 30 } else { 50_000 };
 const CAPACITY: usize = if cfg!(miri) { 4 } else { 64 };
 /// The add aborted after its Start, while its producer is pushing.
 const ABORTED: u32 = 1;

@@ -52,6 +52,13 @@ enum Op {
     DrainAll {
         take: u8,
     },
+    /// Holds one processor's consumer side, popping `take` times, pushing
+    /// `push` items on that processor in between.
+    Consume {
+        cpu: u8,
+        take: u8,
+        push: u8,
+    },
     /// AddStart; `fail` injects a failure of that allocation of the Start.
     Start {
         cpu: u8,
@@ -167,6 +174,37 @@ fuzz_target!(|ops: Vec<Op>| {
                     .drain(ProcessorIndex::new(cpu).unwrap())
                     .take(take.into()));
                 assert_eq!(got, model.take(cpu, take.into()));
+            }
+            Op::Consume { cpu, take, push } => {
+                let cpu = index(cpu);
+                let i = ProcessorIndex::new(cpu).unwrap();
+                platform.bind_current_thread(i).unwrap();
+                let pin = platform.pin();
+                let Some(mut consumer) = queue.consumer(i) else {
+                    assert!(!model.has_queue(cpu));
+                    continue;
+                };
+                assert!(model.has_queue(cpu));
+                assert!(queue.consumer(i).is_none(), "one consumer at a time");
+                assert!(queue.pop(i).is_none(), "held");
+                for n in 0..take {
+                    if n < push {
+                        let id = next_id;
+                        next_id += 1;
+                        let result = queue.push(&pin, Item::new(id));
+                        let room = model.items[cpu as usize].len() < CAPACITY;
+                        if model.published(cpu) && room {
+                            result.unwrap();
+                            model.items[cpu as usize].push_back(id);
+                        } else {
+                            assert!(result.is_err());
+                        }
+                    }
+                    assert_eq!(
+                        consumer.pop().map(|item| item.0),
+                        model.take(cpu, 1).first().copied()
+                    );
+                }
             }
             Op::DrainAll { take } => {
                 let got: Vec<(u32, u64)> = queue

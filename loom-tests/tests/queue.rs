@@ -191,6 +191,32 @@ fn abort_races_the_producer_and_nothing_is_lost() {
     });
 }
 
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn a_held_consumer_races_the_producer() {
+    loom::model(|| {
+        let q = queue(1, 2);
+        q.prepare(cpu(0)).unwrap();
+        let producer = {
+            let q = q.clone();
+            thread::spawn(move || produce(&q, 0, &[1, 2, 3]))
+        };
+        let mut held = Vec::new();
+        {
+            let mut consumer = q.consumer(cpu(0)).unwrap();
+            for _ in 0..3 {
+                held.extend(consumer.pop());
+            }
+        }
+        let queued = producer.join().unwrap();
+        let rest: Vec<u32> = q.drain(cpu(0)).collect();
+        check(queued, &[held, rest]);
+    });
+}
+
 const N: CounterId<1> = CounterId::at::<0>();
 
 #[test]
