@@ -9,10 +9,10 @@ use std::vec::Vec;
 
 use super::pool::PoolState;
 use super::sys::{
+    ALL_PROCESSOR_GROUPS, INVALID_PROCESSOR_INDEX, KE_PROCESSOR_CHANGE_ADD_EXISTING,
     KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, KE_PROCESSOR_CHANGE_NOTIFY_STATE as STATE, NTSTATUS,
-    PKE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, PNTSTATUS, PPROCESSOR_CALLBACK_FUNCTION,
-    PROCESSOR_NUMBER, PVOID, ALL_PROCESSOR_GROUPS, INVALID_PROCESSOR_INDEX,
-    KE_PROCESSOR_CHANGE_ADD_EXISTING, STATUS_SUCCESS,
+    PKE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, PNTSTATUS, PPROCESSOR_CALLBACK_FUNCTION, PROCESSOR_NUMBER,
+    PVOID, STATUS_SUCCESS,
 };
 use super::{
     orphan, tls, AddOutcome, AddResult, Delivery, FailureRecipients, HotAdd, Phase, Policy,
@@ -221,7 +221,8 @@ impl State {
 
     pub(crate) fn count(&self, group: u32, active_only: bool) -> u32 {
         let procs = lock(&self.procs);
-        let in_group = |p: &Present| group == ALL_PROCESSOR_GROUPS || u32::from(p.number.Group) == group;
+        let in_group =
+            |p: &Present| group == ALL_PROCESSOR_GROUPS || u32::from(p.number.Group) == group;
         if !active_only {
             if group == ALL_PROCESSOR_GROUPS {
                 return self.max;
@@ -264,7 +265,10 @@ impl State {
     }
 
     pub(crate) fn registrations(&self) -> Vec<RegistrationId> {
-        lock(&self.regs).iter().map(|r| RegistrationId(r.id)).collect()
+        lock(&self.regs)
+            .iter()
+            .map(|r| RegistrationId(r.id))
+            .collect()
     }
 
     fn dispatch_word(&self, index: u32) -> Option<&AtomicU64> {
@@ -377,7 +381,12 @@ impl State {
         let (index, number) = lock(&self.procs).reserve(&self.groups, add)?;
         let regs: Vec<Arc<Reg>> = lock(&self.regs).clone();
 
-        let start = notify(STATE::KeProcessorAddStartNotify, index, number, STATUS_SUCCESS);
+        let start = notify(
+            STATE::KeProcessorAddStartNotify,
+            index,
+            number,
+            STATUS_SUCCESS,
+        );
         let mut saw_start: Vec<&Arc<Reg>> = Vec::new();
         let mut veto: Option<(usize, NTSTATUS)> = None;
         let mut shared = STATUS_SUCCESS;
@@ -403,7 +412,12 @@ impl State {
         let failure = veto.map(|(_, status)| status).or(add.kernel_failure);
         let Some(status) = failure else {
             lock(&self.procs).activate(index);
-            let complete = notify(STATE::KeProcessorAddCompleteNotify, index, number, STATUS_SUCCESS);
+            let complete = notify(
+                STATE::KeProcessorAddCompleteNotify,
+                index,
+                number,
+                STATUS_SUCCESS,
+            );
             for reg in &saw_start {
                 let mut status = STATUS_SUCCESS;
                 self.deliver(reg, Phase::HotAdd, complete, &mut status, PASSIVE);
@@ -611,7 +625,12 @@ pub(crate) fn register(
     let mut failed: Option<(usize, NTSTATUS)> = None;
     for (k, &(index, number)) in active.iter().enumerate() {
         let mut status = STATUS_SUCCESS;
-        let start = notify(STATE::KeProcessorAddStartNotify, index, number, STATUS_SUCCESS);
+        let start = notify(
+            STATE::KeProcessorAddStartNotify,
+            index,
+            number,
+            STATUS_SUCCESS,
+        );
         state.deliver(&reg, Phase::Replay, start, &mut status, APC);
         if status < 0 {
             failed = Some((k, status));
@@ -622,8 +641,12 @@ pub(crate) fn register(
         None => {
             for &(index, number) in &active {
                 let mut status = STATUS_SUCCESS;
-                let complete =
-                    notify(STATE::KeProcessorAddCompleteNotify, index, number, STATUS_SUCCESS);
+                let complete = notify(
+                    STATE::KeProcessorAddCompleteNotify,
+                    index,
+                    number,
+                    STATUS_SUCCESS,
+                );
                 state.deliver(&reg, Phase::Replay, complete, &mut status, APC);
             }
             handle_of(id)

@@ -127,13 +127,18 @@ pub(crate) fn allocate(flags: POOL_FLAGS, size: SIZE_T, tag: u32) -> PVOID {
         orphan();
         return ptr::null_mut();
     };
-    let known = POOL_FLAG_NON_PAGED | POOL_FLAG_PAGED | POOL_FLAG_UNINITIALIZED | POOL_FLAG_CACHE_ALIGNED;
+    let known =
+        POOL_FLAG_NON_PAGED | POOL_FLAG_PAGED | POOL_FLAG_UNINITIALIZED | POOL_FLAG_CACHE_ALIGNED;
     let kind = flags & (POOL_FLAG_NON_PAGED | POOL_FLAG_PAGED);
     if flags & !known != 0 || kind.count_ones() != 1 {
         state.violate(Violation::BadPoolFlags { flags });
         return ptr::null_mut();
     }
-    let limit = if kind == POOL_FLAG_PAGED { APC } else { DISPATCH };
+    let limit = if kind == POOL_FLAG_PAGED {
+        APC
+    } else {
+        DISPATCH
+    };
     if irql > limit {
         state.violate(Violation::IrqlTooHigh {
             call: "ExAllocatePool2",
