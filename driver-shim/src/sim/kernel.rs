@@ -4,7 +4,8 @@ use core::ffi::c_void;
 use core::ptr;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::vec::Vec;
 
 use super::pool::PoolState;
@@ -148,7 +149,6 @@ pub(crate) struct State {
     /// or above, or 0.
     dispatch: Vec<AtomicU64>,
     regs: Mutex<Vec<Arc<Reg>>>,
-    next_reg: AtomicUsize,
     change: ChangeLock,
     pub(crate) policy: Mutex<Policy>,
     pub(crate) journal: Arc<Journal>,
@@ -186,7 +186,6 @@ impl State {
             procs: Mutex::new(procs),
             dispatch: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             regs: Mutex::new(Vec::new()),
-            next_reg: AtomicUsize::new(1),
             change: ChangeLock(AtomicUsize::new(0)),
             policy: Mutex::new(Policy::default()),
             pool: Arc::new(PoolState::new(Arc::clone(&journal))),
@@ -570,6 +569,12 @@ fn notify(
     }
 }
 
+/// Registration handles of every kernel (ids are process-wide), so that a
+/// registration can be deregistered from any thread, entered or not, as on
+/// Windows.
+static HANDLES: Mutex<BTreeMap<usize, Weak<State>>> = Mutex::new(BTreeMap::new());
+static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
+
 fn handle_of(id: usize) -> PVOID {
     ptr::without_provenance_mut::<c_void>(id)
 }
@@ -607,7 +612,7 @@ pub(crate) fn register(
         return ptr::null_mut();
     };
     let _change = state.change.write();
-    let id = state.next_reg.fetch_add(1, Ordering::Relaxed);
+    let id = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
     let reg = Arc::new(Reg {
         id,
         callback,
@@ -616,6 +621,7 @@ pub(crate) fn register(
         removed: AtomicBool::new(false),
     });
     lock(&state.regs).push(Arc::clone(&reg));
+    lock(&HANDLES).insert(id, Arc::downgrade(&state));
     if flags & KE_PROCESSOR_CHANGE_ADD_EXISTING == 0 {
         return handle_of(id);
     }
@@ -658,17 +664,30 @@ pub(crate) fn register(
                 state.deliver(&reg, Phase::Replay, failure, &mut operation, APC);
             }
             state.unlink(id);
+            lock(&HANDLES).remove(&id);
             ptr::null_mut()
         }
     }
 }
 
 pub(crate) fn deregister(handle: PVOID) {
-    let Some((state, _, irql, _)) = tls::current() else {
-        orphan();
+    let id = handle.addr();
+    let owner = lock(&HANDLES).remove(&id).and_then(|state| state.upgrade());
+    // The caller's context, if it entered a kernel (for the IRQL and
+    // inside-a-callback checks; a thread that did not enter is taken to be
+    // at PASSIVE_LEVEL).
+    let caller = tls::with(|cpu| (Arc::clone(&cpu.state), cpu.irql, cpu.callbacks.clone()));
+    let Some(state) = owner else {
+        match &caller {
+            Some((state, ..)) => state.violate(Violation::UnknownHandle),
+            None => orphan(),
+        }
         return;
     };
-    let inside = tls::with(|cpu| cpu.callbacks.clone()).unwrap_or_default();
+    let (irql, inside) = caller
+        .filter(|(caller, ..)| Arc::ptr_eq(caller, &state))
+        .map(|(_, irql, inside)| (irql, inside))
+        .unwrap_or((PASSIVE, Vec::new()));
     if !inside.is_empty() {
         state.violate(Violation::InsideCallback {
             call: "KeDeregisterProcessorChangeCallback",
@@ -680,7 +699,6 @@ pub(crate) fn deregister(handle: PVOID) {
             irql,
         });
     }
-    let id = handle.addr();
     let Some(reg) = state.unlink(id) else {
         state.violate(Violation::UnknownHandle);
         return;

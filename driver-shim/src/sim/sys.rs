@@ -9,8 +9,11 @@
 //! kernel and returns, so a test can assert that none happened.
 //!
 //! A thread reaches a kernel only after [`Kernel::enter_on`](super::Kernel::enter_on):
-//! a call from any other thread fails (NULL, `INVALID_PROCESSOR_INDEX`, or a no-op)
-//! and is counted by [`orphan_calls`](super::orphan_calls).
+//! a call from any other thread fails (NULL, `INVALID_PROCESSOR_INDEX`, 0, or a
+//! no-op) and is counted by [`orphan_calls`](super::orphan_calls). Two
+//! routines work from any thread, as frees and teardown do on Windows:
+//! [`ExFreePool`] and [`KeDeregisterProcessorChangeCallback`] find their kernel
+//! from the block or the handle.
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
 
 use core::ffi::c_void;
