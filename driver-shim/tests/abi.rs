@@ -24,7 +24,10 @@ fn the_notification_context_has_microsofts_layout() {
     assert_eq!(offset_of!(Ours, NtNumber), offset_of!(Theirs, NtNumber));
     assert_eq!(offset_of!(Ours, Status), offset_of!(Theirs, Status));
     assert_eq!(offset_of!(Ours, ProcNumber), offset_of!(Theirs, ProcNumber));
-    assert_eq!(size_of::<sys::KE_PROCESSOR_CHANGE_NOTIFY_STATE::Type>(), size_of::<ws::KE_PROCESSOR_CHANGE_NOTIFY_STATE>());
+    assert_eq!(
+        size_of::<sys::KE_PROCESSOR_CHANGE_NOTIFY_STATE::Type>(),
+        size_of::<ws::KE_PROCESSOR_CHANGE_NOTIFY_STATE>()
+    );
     assert_eq!(size_of::<sys::NTSTATUS>(), size_of::<wf::NTSTATUS>());
 }
 
@@ -45,17 +48,26 @@ fn a_context_laid_out_by_microsofts_definition_decodes() {
         State: ws::KeProcessorAddFailureNotify,
         NtNumber: 77,
         Status: wf::STATUS_INSUFFICIENT_RESOURCES,
-        ProcNumber: wk::PROCESSOR_NUMBER { Group: 1, Number: 13, Reserved: 0 },
+        ProcNumber: wk::PROCESSOR_NUMBER {
+            Group: 1,
+            Number: 13,
+            Reserved: 0,
+        },
     };
     // The same bytes, read as the simulator's (= wdk-sys's) struct.
-    let ours: sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT =
-        unsafe { core::ptr::from_ref(&theirs).cast::<sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT>().read() };
+    let ours: sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT = unsafe {
+        core::ptr::from_ref(&theirs)
+            .cast::<sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT>()
+            .read()
+    };
     let change = decode(&ours).unwrap();
     assert_eq!(change.index.get(), 77);
     assert_eq!((change.number.group(), change.number.number()), (1, 13));
     assert_eq!(
         change.state,
-        perproc::ChangeState::AddFailure { status: wf::STATUS_INSUFFICIENT_RESOURCES }
+        perproc::ChangeState::AddFailure {
+            status: wf::STATUS_INSUFFICIENT_RESOURCES
+        }
     );
 }
 
@@ -76,16 +88,28 @@ fn the_callback_signature_is_microsofts() {
     }
     let callback: ws::PROCESSOR_CALLBACK_FUNCTION = Some(theirs);
     assert!(callback.is_some());
-    assert_eq!(size_of::<sys::PROCESSOR_CALLBACK_FUNCTION>(), size_of::<ws::PROCESSOR_CALLBACK_FUNCTION>());
+    assert_eq!(
+        size_of::<sys::PROCESSOR_CALLBACK_FUNCTION>(),
+        size_of::<ws::PROCESSOR_CALLBACK_FUNCTION>()
+    );
 }
 
 #[test]
 fn states_and_flags_have_microsofts_values() {
     use sys::KE_PROCESSOR_CHANGE_NOTIFY_STATE as S;
     assert_eq!(S::KeProcessorAddStartNotify, ws::KeProcessorAddStartNotify);
-    assert_eq!(S::KeProcessorAddCompleteNotify, ws::KeProcessorAddCompleteNotify);
-    assert_eq!(S::KeProcessorAddFailureNotify, ws::KeProcessorAddFailureNotify);
-    assert_eq!(sys::KE_PROCESSOR_CHANGE_ADD_EXISTING, ws::KE_PROCESSOR_CHANGE_ADD_EXISTING);
+    assert_eq!(
+        S::KeProcessorAddCompleteNotify,
+        ws::KeProcessorAddCompleteNotify
+    );
+    assert_eq!(
+        S::KeProcessorAddFailureNotify,
+        ws::KeProcessorAddFailureNotify
+    );
+    assert_eq!(
+        sys::KE_PROCESSOR_CHANGE_ADD_EXISTING,
+        ws::KE_PROCESSOR_CHANGE_ADD_EXISTING
+    );
     assert_eq!(
         sys::ALL_PROCESSOR_GROUPS,
         u32::from(windows_sys::Win32::System::Threading::ALL_PROCESSOR_GROUPS)
@@ -109,9 +133,15 @@ fn states_and_flags_have_microsofts_values() {
 fn every_status_the_shim_writes_has_microsofts_value() {
     assert_eq!(sys::STATUS_SUCCESS, wf::STATUS_SUCCESS);
     assert_eq!(sys::STATUS_UNSUCCESSFUL, wf::STATUS_UNSUCCESSFUL);
-    assert_eq!(sys::STATUS_INSUFFICIENT_RESOURCES, wf::STATUS_INSUFFICIENT_RESOURCES);
+    assert_eq!(
+        sys::STATUS_INSUFFICIENT_RESOURCES,
+        wf::STATUS_INSUFFICIENT_RESOURCES
+    );
     assert_eq!(sys::STATUS_INVALID_PARAMETER, wf::STATUS_INVALID_PARAMETER);
-    assert_eq!(sys::STATUS_INVALID_DEVICE_STATE, wf::STATUS_INVALID_DEVICE_STATE);
+    assert_eq!(
+        sys::STATUS_INVALID_DEVICE_STATE,
+        wf::STATUS_INVALID_DEVICE_STATE
+    );
     assert_eq!(sys::STATUS_DEVICE_BUSY, wf::STATUS_DEVICE_BUSY);
     assert_eq!(sys::STATUS_NO_MEMORY, wf::STATUS_NO_MEMORY);
     // And every status status_of can produce is one of those, or passed through.
@@ -120,7 +150,10 @@ fn every_status_the_shim_writes_has_microsofts_value() {
         (Error::OutOfMemory, wf::STATUS_INSUFFICIENT_RESOURCES),
         (Error::CapacityOverflow, wf::STATUS_INSUFFICIENT_RESOURCES),
         (Error::Exhausted, wf::STATUS_INSUFFICIENT_RESOURCES),
-        (Error::IndexOutOfRange { index, capacity: 0 }, wf::STATUS_INVALID_PARAMETER),
+        (
+            Error::IndexOutOfRange { index, capacity: 0 },
+            wf::STATUS_INVALID_PARAMETER,
+        ),
         (Error::Busy, wf::STATUS_DEVICE_BUSY),
         (Error::NotPrepared, wf::STATUS_INVALID_DEVICE_STATE),
         (Error::AlreadyOnline, wf::STATUS_INVALID_DEVICE_STATE),

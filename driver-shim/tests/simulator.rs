@@ -113,18 +113,31 @@ impl Component for Overlap {
 
 fn overlap(concurrent: bool, want: usize, wait: Duration) -> usize {
     let kernel = Kernel::new(&[8], 1).unwrap();
-    kernel.set_policy(Policy { concurrent, ..Policy::default() });
+    kernel.set_policy(Policy {
+        concurrent,
+        ..Policy::default()
+    });
     let _on = kernel.enter().unwrap();
-    let parts = Overlap { in_flight: AtomicUsize::new(0), most: AtomicUsize::new(0), want, wait };
-    let (most, _) = Registration::scoped(parts, PoolAlloc::new(TAG), perproc_wdk::Replay::NewOnly, |r| {
-        std::thread::scope(|s| {
-            for n in 1..3 {
-                let kernel = &kernel;
-                s.spawn(move || assert!(kernel.hot_add(0, n).unwrap().added()));
-            }
-        });
-        r.parts().most.load(Ordering::SeqCst)
-    })
+    let parts = Overlap {
+        in_flight: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        want,
+        wait,
+    };
+    let (most, _) = Registration::scoped(
+        parts,
+        PoolAlloc::new(TAG),
+        perproc_wdk::Replay::NewOnly,
+        |r| {
+            std::thread::scope(|s| {
+                for n in 1..3 {
+                    let kernel = &kernel;
+                    s.spawn(move || assert!(kernel.hot_add(0, n).unwrap().added()));
+                }
+            });
+            r.parts().most.load(Ordering::SeqCst)
+        },
+    )
     .unwrap();
     assert!(kernel.violations().is_empty());
     most
@@ -166,7 +179,10 @@ impl Component for Gate {
 
 #[test]
 fn deregistration_waits_for_a_callback_in_flight() {
-    static GATE: Gate = Gate { entered: AtomicBool::new(false), release: AtomicBool::new(false) };
+    static GATE: Gate = Gate {
+        entered: AtomicBool::new(false),
+        release: AtomicBool::new(false),
+    };
     struct ByRef(&'static Gate);
     impl Component for ByRef {
         fn prepare(&self, i: ProcessorIndex) -> Result<(), Error> {
@@ -182,7 +198,12 @@ fn deregistration_waits_for_a_callback_in_flight() {
     let kernel = Kernel::new(&[8], 1).unwrap();
     let registration = {
         let _on = kernel.enter().unwrap();
-        Registration::register_with(ByRef(&GATE), PoolAlloc::new(TAG), perproc_wdk::Replay::NewOnly).unwrap()
+        Registration::register_with(
+            ByRef(&GATE),
+            PoolAlloc::new(TAG),
+            perproc_wdk::Replay::NewOnly,
+        )
+        .unwrap()
     };
     let deregistered = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -195,7 +216,10 @@ fn deregistration_waits_for_a_callback_in_flight() {
             deregistered.store(true, Ordering::SeqCst);
         });
         std::thread::sleep(Duration::from_millis(100));
-        assert!(!deregistered.load(Ordering::SeqCst), "deregistration did not wait");
+        assert!(
+            !deregistered.load(Ordering::SeqCst),
+            "deregistration did not wait"
+        );
         GATE.release.store(true, Ordering::SeqCst);
         dropper.join().unwrap().unwrap();
         // Deregistered before the Complete: it is not delivered.
@@ -213,14 +237,19 @@ fn register_and_deregister_from_inside_a_callback_are_caught() {
         _: sys::PKE_PROCESSOR_CHANGE_NOTIFY_CONTEXT,
         _: sys::PNTSTATUS,
     ) {
-        let handle = unsafe { sys::KeRegisterProcessorChangeCallback(Some(reenter), std::ptr::null_mut(), 0) };
+        let handle = unsafe {
+            sys::KeRegisterProcessorChangeCallback(Some(reenter), std::ptr::null_mut(), 0)
+        };
         assert!(handle.is_null());
     }
     let kernel = Kernel::new(&[8], 2).unwrap();
     let _on = kernel.enter().unwrap();
-    let handle = unsafe { sys::KeRegisterProcessorChangeCallback(Some(reenter), std::ptr::null_mut(), 1) };
+    let handle =
+        unsafe { sys::KeRegisterProcessorChangeCallback(Some(reenter), std::ptr::null_mut(), 1) };
     assert!(!handle.is_null());
-    let inside = Violation::InsideCallback { call: "KeRegisterProcessorChangeCallback" };
+    let inside = Violation::InsideCallback {
+        call: "KeRegisterProcessorChangeCallback",
+    };
     assert_eq!(kernel.violations(), vec![inside.clone(); 4]); // 2 Starts, 2 Completes
     unsafe { sys::KeDeregisterProcessorChangeCallback(handle) };
     unsafe { sys::KeDeregisterProcessorChangeCallback(handle) }; // twice
@@ -242,11 +271,24 @@ fn processor_queries_follow_the_topology() {
         assert_eq!((n.Group, n.Number), (1, 0));
         assert_eq!(sys::KeGetProcessorIndexFromNumber(&mut n), 1);
         let mut m = PROCESSOR_NUMBER::default();
-        assert_eq!(sys::KeGetProcessorNumberFromIndex(2, &mut m), sys::STATUS_SUCCESS);
+        assert_eq!(
+            sys::KeGetProcessorNumberFromIndex(2, &mut m),
+            sys::STATUS_SUCCESS
+        );
         assert_eq!((m.Group, m.Number), (0, 1));
-        assert_eq!(sys::KeGetProcessorNumberFromIndex(3, &mut m), sys::STATUS_INVALID_PARAMETER);
-        let mut absent = PROCESSOR_NUMBER { Group: 1, Number: 7, Reserved: 0 };
-        assert_eq!(sys::KeGetProcessorIndexFromNumber(&mut absent), sys::INVALID_PROCESSOR_INDEX);
+        assert_eq!(
+            sys::KeGetProcessorNumberFromIndex(3, &mut m),
+            sys::STATUS_INVALID_PARAMETER
+        );
+        let mut absent = PROCESSOR_NUMBER {
+            Group: 1,
+            Number: 7,
+            Reserved: 0,
+        };
+        assert_eq!(
+            sys::KeGetProcessorIndexFromNumber(&mut absent),
+            sys::INVALID_PROCESSOR_INDEX
+        );
     }
     // A processor in the middle of its add is present (its index resolves)
     // but not active until AddComplete.
@@ -255,8 +297,18 @@ fn processor_queries_follow_the_topology() {
     assert_eq!(kernel.hot_add(1, 7).unwrap_err(), SimError::AlreadyPresent);
     assert_eq!(kernel.hot_add(2, 0).unwrap_err(), SimError::NoSuchProcessor);
     assert_eq!(kernel.hot_add(0, 4).unwrap_err(), SimError::NoSuchProcessor);
-    assert_eq!(kernel.hot_add_with(HotAdd::new(0, 2).at_index(0)).unwrap_err(), SimError::IndexInUse);
-    assert_eq!(kernel.hot_add_with(HotAdd::new(0, 2).at_index(12)).unwrap_err(), SimError::IndexOutOfRange);
+    assert_eq!(
+        kernel
+            .hot_add_with(HotAdd::new(0, 2).at_index(0))
+            .unwrap_err(),
+        SimError::IndexInUse
+    );
+    assert_eq!(
+        kernel
+            .hot_add_with(HotAdd::new(0, 2).at_index(12))
+            .unwrap_err(),
+        SimError::IndexOutOfRange
+    );
     assert_eq!(Kernel::new(&[65], 1).unwrap_err(), SimError::BadTopology);
     assert_eq!(Kernel::new(&[4], 5).unwrap_err(), SimError::BadTopology);
     assert!(kernel.violations().is_empty());
@@ -279,8 +331,16 @@ fn the_pool_accounts_per_tag_aligns_and_catches_misuse() {
     let other = pool_tag(*b"Othr");
     unsafe {
         let small = sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED, 24, TAG);
-        let page = sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED | sys::POOL_FLAG_UNINITIALIZED, 5000, other);
-        let line = sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED | sys::POOL_FLAG_CACHE_ALIGNED, 8, TAG);
+        let page = sys::ExAllocatePool2(
+            sys::POOL_FLAG_NON_PAGED | sys::POOL_FLAG_UNINITIALIZED,
+            5000,
+            other,
+        );
+        let line = sys::ExAllocatePool2(
+            sys::POOL_FLAG_NON_PAGED | sys::POOL_FLAG_CACHE_ALIGNED,
+            8,
+            TAG,
+        );
         assert_eq!(small.addr() % 16, 0);
         assert_eq!(page.addr() % 4096, 0);
         assert_eq!(line.addr() % 64, 0);
@@ -293,7 +353,9 @@ fn the_pool_accounts_per_tag_aligns_and_catches_misuse() {
         sys::ExFreePoolWithTag(page, TAG); // wrong tag (freed all the same)
         sys::ExFreePool(line);
         assert!(sys::ExAllocatePool2(0, 8, TAG).is_null()); // no pool type
-        assert!(sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED | sys::POOL_FLAG_PAGED, 8, TAG).is_null());
+        assert!(
+            sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED | sys::POOL_FLAG_PAGED, 8, TAG).is_null()
+        );
         let old = sys::KfRaiseIrql(2);
         assert!(sys::ExAllocatePool2(sys::POOL_FLAG_PAGED, 8, TAG).is_null()); // paged at DISPATCH
         let ok = sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED, 8, TAG);
@@ -304,10 +366,25 @@ fn the_pool_accounts_per_tag_aligns_and_catches_misuse() {
     assert_eq!(kernel.pool().total_live_bytes(), 0);
     let violations = kernel.violations();
     assert!(matches!(violations[0], Violation::UnknownPoolBlock { .. }));
-    assert_eq!(violations[1], Violation::PoolTagMismatch { allocated: other, freed: TAG });
-    assert!(matches!(violations[2], Violation::BadPoolFlags { flags: 0 }));
+    assert_eq!(
+        violations[1],
+        Violation::PoolTagMismatch {
+            allocated: other,
+            freed: TAG
+        }
+    );
+    assert!(matches!(
+        violations[2],
+        Violation::BadPoolFlags { flags: 0 }
+    ));
     assert!(matches!(violations[3], Violation::BadPoolFlags { .. }));
-    assert_eq!(violations[4], Violation::IrqlTooHigh { call: "ExAllocatePool2", irql: 2 });
+    assert_eq!(
+        violations[4],
+        Violation::IrqlTooHigh {
+            call: "ExAllocatePool2",
+            irql: 2
+        }
+    );
     assert_eq!(violations.len(), 5);
 }
 
@@ -324,9 +401,15 @@ fn pool_faults_follow_the_plan() {
         !p.is_null()
     };
     kernel.pool().fail(Fault::Nth(1));
-    assert_eq!((0..4).map(|_| attempt(TAG)).collect::<Vec<_>>(), [true, false, true, true]);
+    assert_eq!(
+        (0..4).map(|_| attempt(TAG)).collect::<Vec<_>>(),
+        [true, false, true, true]
+    );
     kernel.pool().fail(Fault::From(2));
-    assert_eq!((0..4).map(|_| attempt(other)).collect::<Vec<_>>(), [true, true, false, false]);
+    assert_eq!(
+        (0..4).map(|_| attempt(other)).collect::<Vec<_>>(),
+        [true, true, false, false]
+    );
     kernel.pool().fail_tag(Fault::From(0), other);
     assert!(attempt(TAG)); // another tag: neither refused nor counted
     assert!(!attempt(other));
@@ -351,7 +434,9 @@ fn pool_alloc_honours_every_alignment() {
             blocks.push((block, layout));
         }
     }
-    assert!(alloc.allocate(Layout::from_size_align(0, 8).unwrap(), None).is_err());
+    assert!(alloc
+        .allocate(Layout::from_size_align(0, 8).unwrap(), None)
+        .is_err());
     for (block, layout) in blocks {
         unsafe { alloc.deallocate(block, layout) };
     }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use perproc::{Component, Components, Error, PerCpu, PinGuard, Platform, ProcessorIndex, SlotState};
+use perproc::{
+    Component, Components, Error, PerCpu, PinGuard, Platform, ProcessorIndex, SlotState,
+};
 use perproc_wdk::seed::{self, SeedDriver, SEED_TAG};
 use perproc_wdk::sim::{
     AddResult, Delivery, FailureRecipients, Fault, HotAdd, Kernel, Phase, Policy, RegistrationId,
@@ -37,7 +39,13 @@ impl Refuse {
         self.0.lock().unwrap().clear();
     }
     fn check(&self, index: ProcessorIndex) -> Result<(), Error> {
-        match self.0.lock().unwrap().iter().find(|(i, _)| *i == index.get()) {
+        match self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(i, _)| *i == index.get())
+        {
             Some((_, error)) => Err(*error),
             None => Ok(()),
         }
@@ -123,7 +131,11 @@ fn writes(deliveries: &[Delivery]) -> Vec<(RegistrationId, i32, u32, NTSTATUS)> 
 fn assert_clean(kernel: &Kernel) {
     assert_eq!(kernel.violations(), vec![]);
     for (tag, stats) in kernel.pool().tags() {
-        assert_eq!((stats.live_bytes, stats.live_blocks), (0, 0), "tag {tag:#x} leaks");
+        assert_eq!(
+            (stats.live_bytes, stats.live_blocks),
+            (0, 0),
+            "tag {tag:#x} leaks"
+        );
     }
 }
 
@@ -178,7 +190,10 @@ fn replay_failing_at_k_fails_the_earlier_ones_and_returns_the_status() {
             let id = deliveries[0].registration;
             let starts = (0..=k).map(|i| (START, i));
             let failures = (0..k).map(|i| (FAILURE, i));
-            assert_eq!(of(&deliveries, id), starts.chain(failures).collect::<Vec<_>>());
+            assert_eq!(
+                of(&deliveries, id),
+                starts.chain(failures).collect::<Vec<_>>()
+            );
             // Failure carries the failing status; the shim wrote only on Start k.
             assert!(deliveries
                 .iter()
@@ -246,7 +261,10 @@ fn hot_add_success_prepares_commits_and_the_new_processor_sees_its_slot() {
     assert_eq!(outcome.index, 2);
     let deliveries = kernel.deliveries();
     assert_eq!(
-        deliveries.iter().map(|d| (d.state, d.index, d.number.Group, d.number.Number)).collect::<Vec<_>>(),
+        deliveries
+            .iter()
+            .map(|d| (d.state, d.index, d.number.Group, d.number.Number))
+            .collect::<Vec<_>>(),
         vec![(START, 2, 1, 3), (COMPLETE, 2, 1, 3)]
     );
     assert_eq!(writes(&deliveries), vec![]);
@@ -280,7 +298,9 @@ fn veto_under(policy: Policy) {
     let a = register(&kernel, &ra);
     let b = register(&kernel, &rb);
     let c = register(&kernel, &rc);
-    let [ida, idb, idc] = kernel.registrations()[..] else { panic!() };
+    let [ida, idb, idc] = kernel.registrations()[..] else {
+        panic!()
+    };
     rb.set(2, Error::OutOfMemory);
     if policy.shared_status {
         // A later failure must not overwrite the first one.
@@ -291,7 +311,10 @@ fn veto_under(policy: Policy) {
     let outcome = kernel.hot_add_next().unwrap();
     assert_eq!(
         outcome.result,
-        AddResult::Vetoed { status: STATUS_INSUFFICIENT_RESOURCES, by: idb },
+        AddResult::Vetoed {
+            status: STATUS_INSUFFICIENT_RESOURCES,
+            by: idb
+        },
         "{policy:?}"
     );
     let deliveries = kernel.deliveries();
@@ -301,7 +324,11 @@ fn veto_under(policy: Policy) {
     let b_fails = policy.failure != FailureRecipients::SawStartButVetoer;
     assert_eq!(
         got(idb),
-        if b_fails { vec![(START, 2), (FAILURE, 2)] } else { vec![(START, 2)] },
+        if b_fails {
+            vec![(START, 2), (FAILURE, 2)]
+        } else {
+            vec![(START, 2)]
+        },
         "{policy:?}"
     );
     let c_expected = match (c_saw_start, policy.failure) {
@@ -349,7 +376,12 @@ fn hot_add_vetoed_under_every_failure_policy() {
     ] {
         for start_after_veto in [false, true] {
             for shared_status in [false, true] {
-                veto_under(Policy { concurrent: false, failure, start_after_veto, shared_status });
+                veto_under(Policy {
+                    concurrent: false,
+                    failure,
+                    start_after_veto,
+                    shared_status,
+                });
             }
         }
     }
@@ -360,10 +392,20 @@ fn hot_add_failed_by_the_kernel_after_every_start_aborts_everywhere() {
     let kernel = Kernel::new(&[8], 2).unwrap();
     let _on = kernel.enter().unwrap();
     let registration = register(&kernel, &Refuse::default());
-    let outcome = kernel.hot_add_with(HotAdd::new(0, 5).failing(STATUS_UNSUCCESSFUL)).unwrap();
-    assert_eq!(outcome.result, AddResult::Failed { status: STATUS_UNSUCCESSFUL });
+    let outcome = kernel
+        .hot_add_with(HotAdd::new(0, 5).failing(STATUS_UNSUCCESSFUL))
+        .unwrap();
+    assert_eq!(
+        outcome.result,
+        AddResult::Failed {
+            status: STATUS_UNSUCCESSFUL
+        }
+    );
     assert_eq!(registration.parts().published(), [0, 1].into());
-    assert_eq!(registration.parts().queue.state(index(2)), SlotState::Retired);
+    assert_eq!(
+        registration.parts().queue.state(index(2)),
+        SlotState::Retired
+    );
     assert_eq!(writes(&kernel.deliveries()), vec![]);
     drop(registration);
     assert_clean(&kernel);
@@ -374,7 +416,9 @@ fn hot_add_at_an_index_other_than_n() {
     let kernel = Kernel::new(&[64, 64], 2).unwrap();
     let _on = kernel.enter().unwrap();
     let registration = register(&kernel, &Refuse::default());
-    let outcome = kernel.hot_add_with(HotAdd::new(1, 63).at_index(127)).unwrap();
+    let outcome = kernel
+        .hot_add_with(HotAdd::new(1, 63).at_index(127))
+        .unwrap();
     assert!(outcome.added());
     assert_eq!(registration.parts().published(), [0, 1, 127].into());
     drop(registration);
@@ -384,7 +428,10 @@ fn hot_add_at_an_index_other_than_n() {
 #[test]
 fn concurrent_hot_adds_of_different_processors_with_readers() {
     let kernel = Kernel::new(&[64, 64], 1).unwrap();
-    kernel.set_policy(Policy { concurrent: true, ..Policy::default() });
+    kernel.set_policy(Policy {
+        concurrent: true,
+        ..Policy::default()
+    });
     let _on = kernel.enter().unwrap();
     let refuse = Refuse::default();
     // Some adds are vetoed, concurrently with others succeeding.
@@ -402,8 +449,13 @@ fn concurrent_hot_adds_of_different_processors_with_readers() {
                 // do not depend on which thread gets the lowest free index).
                 let mut i = t + 1;
                 while i < 128 {
-                    let (group, number) = (u16::try_from(i / 64).unwrap(), u8::try_from(i % 64).unwrap());
-                    let outcome = kernel.hot_add_with(HotAdd::new(group, number).at_index(i)).unwrap();
+                    let (group, number) = (
+                        u16::try_from(i / 64).unwrap(),
+                        u8::try_from(i % 64).unwrap(),
+                    );
+                    let outcome = kernel
+                        .hot_add_with(HotAdd::new(group, number).at_index(i))
+                        .unwrap();
                     assert_eq!(outcome.added(), ![9, 33, 77, 100].contains(&i), "index {i}");
                     i += adders;
                 }
@@ -414,7 +466,10 @@ fn concurrent_hot_adds_of_different_processors_with_readers() {
             let platform = KernelPlatform::new(TABLES);
             for _ in 0..200 {
                 let pin = platform.pin();
-                assert_eq!(parts.queue.current(&pin).unwrap().load(Ordering::Relaxed), 0);
+                assert_eq!(
+                    parts.queue.current(&pin).unwrap().load(Ordering::Relaxed),
+                    0
+                );
                 drop(pin);
                 for (i, q) in parts.queue.iter() {
                     assert_eq!(q.load(Ordering::Relaxed), u64::from(i.get()));
@@ -440,7 +495,10 @@ fn more_than_64_processors_across_groups() {
     assert_eq!(kernel.active_processors(), 256);
     assert_eq!(registration.parts().online(), 256);
     for d in kernel.deliveries() {
-        assert_eq!(kernel.index_of(d.number.Group, d.number.Number), Some(d.index));
+        assert_eq!(
+            kernel.index_of(d.number.Group, d.number.Number),
+            Some(d.index)
+        );
     }
     std::thread::scope(|s| {
         for cpu in [63, 64, 130, 255] {
@@ -448,7 +506,10 @@ fn more_than_64_processors_across_groups() {
             kernel.spawn_on(s, cpu, move || {
                 let platform = KernelPlatform::new(TABLES);
                 let pin = platform.pin();
-                assert_eq!(parts.queue.current(&pin).unwrap().load(Ordering::Relaxed), u64::from(cpu));
+                assert_eq!(
+                    parts.queue.current(&pin).unwrap().load(Ordering::Relaxed),
+                    u64::from(cpu)
+                );
             });
         }
     });
@@ -461,7 +522,11 @@ fn raw(state: i32, nt_number: u32, group: u16, number: u8) -> KE_PROCESSOR_CHANG
         State: state,
         NtNumber: nt_number,
         Status: STATUS_SUCCESS,
-        ProcNumber: PROCESSOR_NUMBER { Group: group, Number: number, Reserved: 0 },
+        ProcNumber: PROCESSOR_NUMBER {
+            Group: group,
+            Number: number,
+            Reserved: 0,
+        },
     }
 }
 
@@ -508,7 +573,10 @@ fn an_nt_number_that_disagrees_with_proc_number_is_rejected() {
     assert_eq!(registration.parts().published(), [0, 1, 2, 3].into());
     assert_eq!(registration.parts().online(), 4);
     for i in [5, 6] {
-        assert_eq!(registration.parts().queue.state(index(i)), SlotState::Absent);
+        assert_eq!(
+            registration.parts().queue.state(index(i)),
+            SlotState::Absent
+        );
     }
     drop(registration);
     assert_clean(&kernel);
@@ -578,10 +646,17 @@ fn allocation_failure_at_every_allocation_of_a_hot_add() {
         }
         assert_eq!(
             outcome.result,
-            AddResult::Vetoed { status: STATUS_INSUFFICIENT_RESOURCES, by: kernel.registrations()[0] },
+            AddResult::Vetoed {
+                status: STATUS_INSUFFICIENT_RESOURCES,
+                by: kernel.registrations()[0]
+            },
             "allocation {k}"
         );
-        assert_eq!(registration.parts().published(), [0, 1, 2].into(), "allocation {k}");
+        assert_eq!(
+            registration.parts().published(),
+            [0, 1, 2].into(),
+            "allocation {k}"
+        );
         // The next add of that processor works.
         kernel.pool().fail(Fault::Never);
         assert!(kernel.hot_add(1, 0).unwrap().added());
@@ -598,7 +673,10 @@ fn the_seed_driver_on_the_simulator() {
     let kernel = Kernel::new(&[32, 32], 4).unwrap();
     let _on = kernel.enter().unwrap();
     assert_eq!(seed::driver_entry(&DRIVER), STATUS_SUCCESS);
-    assert_eq!(seed::driver_entry(&DRIVER), perproc_wdk::sys::STATUS_INVALID_DEVICE_STATE); // loaded twice
+    assert_eq!(
+        seed::driver_entry(&DRIVER),
+        perproc_wdk::sys::STATUS_INVALID_DEVICE_STATE
+    ); // loaded twice
     let driver = unsafe { DRIVER.get() }.unwrap();
     // I/O threads on every processor while processors are hot-added up to 64
     // across two groups; one add is vetoed by an injected allocation failure.
@@ -620,7 +698,13 @@ fn the_seed_driver_on_the_simulator() {
             if kernel.active_processors() == 40 && vetoed == 0 {
                 kernel.pool().fail_tag(Fault::Nth(0), SEED_TAG);
                 let outcome = kernel.hot_add_next().unwrap();
-                assert!(matches!(outcome.result, AddResult::Vetoed { status: STATUS_INSUFFICIENT_RESOURCES, .. }));
+                assert!(matches!(
+                    outcome.result,
+                    AddResult::Vetoed {
+                        status: STATUS_INSUFFICIENT_RESOURCES,
+                        ..
+                    }
+                ));
                 kernel.pool().fail(Fault::Never);
                 vetoed += 1;
                 continue;
