@@ -76,7 +76,10 @@ fn start_through_the_callback_races_a_reader_on_another_processor() {
                 }
                 let platform = KernelPlatform::new(TAG);
                 let pin = platform.pin();
-                assert_eq!(*slots.current(&pin).unwrap(), expected(ProcessorIndex::ZERO));
+                assert_eq!(
+                    *slots.current(&pin).unwrap(),
+                    expected(ProcessorIndex::ZERO)
+                );
             })
         };
         assert!(adder.join().unwrap());
