@@ -55,6 +55,8 @@ fn a_context_laid_out_by_microsofts_definition_decodes() {
         },
     };
     // The same bytes, read as the simulator's (= wdk-sys's) struct.
+    // SAFETY: both are 16-byte plain-data structs with the same layout
+    // (asserted above), and every bit pattern is valid for the target.
     let ours: sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT = unsafe {
         core::ptr::from_ref(&theirs)
             .cast::<sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT>()
@@ -83,6 +85,7 @@ fn the_callback_signature_is_microsofts() {
     ) {
         let ours: sys::PROCESSOR_CALLBACK_FUNCTION = None;
         if let Some(f) = ours {
+            // SAFETY: never runs (`ours` is None); it exists to type-check.
             unsafe { f(context.cast_mut(), change.cast_mut().cast(), status) };
         }
     }

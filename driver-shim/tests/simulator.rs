@@ -19,6 +19,8 @@ fn irql_misuse_is_recorded_not_undefined() {
     let kernel = Kernel::new(&[4], 2).unwrap();
     {
         let _on = kernel.enter().unwrap();
+        // SAFETY: simulated kernel calls without pointers; the misuse is what is
+        // tested (recorded, not undefined).
         unsafe {
             assert_eq!(sys::KeGetCurrentIrql(), 0);
             let old = sys::KfRaiseIrql(2);
@@ -39,6 +41,7 @@ fn irql_misuse_is_recorded_not_undefined() {
     );
     // Leaving raised released the processor: another thread can raise on it.
     std::thread::scope(|s| {
+        // SAFETY: IRQL calls of the simulated kernel, balanced.
         kernel.spawn_on(s, 0, || unsafe {
             sys::KfRaiseIrql(2);
             sys::KeLowerIrql(0);
@@ -65,10 +68,13 @@ fn dispatch_level_makes_a_simulated_processor_exclusive() {
                     let _pin = platform.pin();
                     // A read-modify-write with a yield in the middle: lost
                     // updates unless the pin really excludes the others.
+                    // SAFETY: pinned to processor 2, which excludes the other
+                    // threads that use `shared` (the claim under test).
                     let v = unsafe { *shared.0.get() };
                     if i % 64 == 0 {
                         std::thread::yield_now();
                     }
+                    // SAFETY: as above: still pinned.
                     unsafe { *shared.0.get() = v + 1 };
                 }
             });
@@ -79,6 +85,7 @@ fn dispatch_level_makes_a_simulated_processor_exclusive() {
             let _pin = platform.pin();
         });
     });
+    // SAFETY: every thread that used `shared` has been joined.
     assert_eq!(unsafe { *shared.0.get() }, 3 * ROUNDS);
     assert!(kernel.violations().is_empty());
 }
@@ -237,6 +244,8 @@ fn register_and_deregister_from_inside_a_callback_are_caught() {
         _: sys::PKE_PROCESSOR_CHANGE_NOTIFY_CONTEXT,
         _: sys::PNTSTATUS,
     ) {
+        // SAFETY: registering from inside a callback is refused (NULL) by
+        // the simulator; nothing is called.
         let handle = unsafe {
             sys::KeRegisterProcessorChangeCallback(Some(reenter), std::ptr::null_mut(), 0)
         };
@@ -244,14 +253,19 @@ fn register_and_deregister_from_inside_a_callback_are_caught() {
     }
     let kernel = Kernel::new(&[8], 2).unwrap();
     let _on = kernel.enter().unwrap();
+    // SAFETY: `reenter` is sound to call from any thread with any context
+    // (it ignores its arguments).
     let handle =
         unsafe { sys::KeRegisterProcessorChangeCallback(Some(reenter), std::ptr::null_mut(), 1) };
     assert!(!handle.is_null());
     let inside = Violation::InsideCallback {
         call: "KeRegisterProcessorChangeCallback",
     };
-    assert_eq!(kernel.violations(), vec![inside.clone(); 4]); // 2 Starts, 2 Completes
+    // 2 Starts, 2 Completes.
+    assert_eq!(kernel.violations(), vec![inside.clone(); 4]);
+    // SAFETY: the handle came from the registration above.
     unsafe { sys::KeDeregisterProcessorChangeCallback(handle) };
+    // SAFETY: deregistering an unknown handle is recorded as a violation.
     unsafe { sys::KeDeregisterProcessorChangeCallback(handle) }; // twice
     assert_eq!(kernel.violations().last(), Some(&Violation::UnknownHandle));
 }
@@ -260,6 +274,7 @@ fn register_and_deregister_from_inside_a_callback_are_caught() {
 fn processor_queries_follow_the_topology() {
     let kernel = Kernel::with_processors(&[4, 8], &[(0, 0), (1, 0), (0, 1)]).unwrap();
     let _on = kernel.enter_on(1).unwrap();
+    // SAFETY: each pointer is to a local PROCESSOR_NUMBER, valid for the read or write.
     unsafe {
         assert_eq!(sys::KeQueryMaximumProcessorCountEx(0xffff), 12);
         assert_eq!(sys::KeQueryMaximumProcessorCountEx(1), 8);
@@ -317,6 +332,7 @@ fn processor_queries_follow_the_topology() {
 #[test]
 fn calls_from_a_thread_outside_any_kernel_fail_and_are_counted() {
     let before = sim::orphan_calls();
+    // SAFETY: no pointer arguments; the calls fail because no kernel is entered.
     unsafe {
         assert_eq!(sys::KeQueryMaximumProcessorCountEx(0xffff), 0);
         assert!(sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED, 8, TAG).is_null());
@@ -329,6 +345,8 @@ fn the_pool_accounts_per_tag_aligns_and_catches_misuse() {
     let kernel = Kernel::new(&[4], 1).unwrap();
     let _on = kernel.enter().unwrap();
     let other = pool_tag(*b"Othr");
+    // SAFETY: blocks are used within their size; the double free and the
+    // wrong tag are deliberate misuse that the simulator records.
     unsafe {
         let small = sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED, 24, TAG);
         let page = sys::ExAllocatePool2(
@@ -393,6 +411,7 @@ fn pool_faults_follow_the_plan() {
     let kernel = Kernel::new(&[4], 1).unwrap();
     let _on = kernel.enter().unwrap();
     let other = pool_tag(*b"Othr");
+    // SAFETY: a block from ExAllocatePool2 is freed once.
     let attempt = |tag| unsafe {
         let p = sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED, 8, tag);
         if !p.is_null() {
@@ -430,6 +449,7 @@ fn pool_alloc_honours_every_alignment() {
             let layout = Layout::from_size_align(size, 1 << align_log).unwrap();
             let block = alloc.allocate(layout, Some(ProcessorIndex::ZERO)).unwrap();
             assert_eq!(block.as_ptr().addr() % layout.align(), 0, "{layout:?}");
+            // SAFETY: the block holds `size` writable bytes.
             unsafe { block.as_ptr().write_bytes(0x5A, size) };
             blocks.push((block, layout));
         }
@@ -438,6 +458,7 @@ fn pool_alloc_honours_every_alignment() {
         .allocate(Layout::from_size_align(0, 8).unwrap(), None)
         .is_err());
     for (block, layout) in blocks {
+        // SAFETY: from `alloc` with this layout, freed once.
         unsafe { alloc.deallocate(block, layout) };
     }
     assert_eq!(kernel.pool().stats(TAG).live_blocks, 0);

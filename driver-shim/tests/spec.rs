@@ -224,8 +224,10 @@ fn refused_registration_without_a_status_returns_unsuccessful() {
     let parts = Parts::new(&KernelPlatform::new(TABLES), &Refuse::default());
     // Registering above PASSIVE_LEVEL: the (simulated) kernel returns NULL
     // without calling back.
+    // SAFETY: an IRQL raise on the simulated kernel, lowered below.
     let old = unsafe { perproc_wdk::sys::KfRaiseIrql(1) };
     let failed = Registration::register(parts, perproc_wdk::PoolAlloc::new(CONTEXT)).unwrap_err();
+    // SAFETY: back to the IRQL it was raised from.
     unsafe { perproc_wdk::sys::KeLowerIrql(old) };
     assert_eq!(failed.status, STATUS_UNSUCCESSFUL);
     assert_eq!(kernel.deliveries(), vec![]);
@@ -677,6 +679,7 @@ fn the_seed_driver_on_the_simulator() {
         seed::driver_entry(&DRIVER),
         perproc_wdk::sys::STATUS_INVALID_DEVICE_STATE
     ); // loaded twice
+       // SAFETY: `driver_unload` runs only after every use of `driver` below.
     let driver = unsafe { DRIVER.get() }.unwrap();
     // I/O threads on every processor while processors are hot-added up to 64
     // across two groups; one add is vetoed by an injected allocation failure.
