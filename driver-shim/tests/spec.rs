@@ -722,3 +722,115 @@ fn the_seed_driver_on_the_simulator() {
     seed::driver_unload(&DRIVER);
     assert_clean(&kernel);
 }
+
+/// Random notification sequences (valid, out of order, mismatched, unknown)
+/// delivered through the callback, checked after each one against a model of
+/// what every processor's slot must be and what the callback must write.
+#[test]
+fn random_notification_sequences_match_the_model() {
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum M {
+        Absent,
+        Prepared,
+        Online,
+        Retired,
+    }
+    fn model(s: SlotState) -> M {
+        match s {
+            SlotState::Absent => M::Absent,
+            SlotState::Prepared => M::Prepared,
+            SlotState::Online => M::Online,
+            SlotState::Retired => M::Retired,
+            SlotState::Busy => panic!("busy with no event in flight"),
+        }
+    }
+    const REFUSED: u32 = 7; // the second part's constructor refuses this one
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..40 {
+        let kernel = Kernel::new(&[8, 8], 8).unwrap();
+        let _on = kernel.enter().unwrap();
+        let refuse = Refuse::default();
+        refuse.set(REFUSED, Error::OutOfMemory);
+        let parts = Parts::new(&KernelPlatform::new(TABLES), &refuse);
+        let registration = Registration::register_with(
+            parts,
+            perproc_wdk::PoolAlloc::new(CONTEXT),
+            Replay::NewOnly,
+        )
+        .unwrap();
+        let parts = registration.parts();
+        let mut queue = [M::Absent; 9];
+        let mut stats = [M::Absent; 9];
+        for step in 0..200 {
+            let state = [START, COMPLETE, FAILURE, 3][next(4) as usize];
+            let i = next(9) as u32; // 8 is never present
+            let mismatch = next(5) == 0;
+            let (group, number) = if mismatch {
+                (1, (i % 8) as u8)
+            } else {
+                (0, i as u8)
+            };
+            let written = kernel.deliver_raw(raw(state, i, group, number)).unwrap()[0].1;
+            let valid = i < 8 && !mismatch;
+            let at = i as usize;
+            let expected_status = match (state, valid) {
+                (3, _) => STATUS_SUCCESS,
+                (START, false) => STATUS_INVALID_PARAMETER,
+                (_, false) => STATUS_SUCCESS,
+                (START, true) if i == REFUSED => {
+                    // The first part prepares, the second refuses, the first is
+                    // rolled back: its slot is kept, hidden.
+                    queue[at] = M::Retired;
+                    STATUS_INSUFFICIENT_RESOURCES
+                }
+                (START, true) => {
+                    for m in [&mut queue[at], &mut stats[at]] {
+                        if matches!(*m, M::Absent | M::Retired) {
+                            *m = M::Prepared;
+                        }
+                    }
+                    STATUS_SUCCESS
+                }
+                (COMPLETE, true) => {
+                    for m in [&mut queue[at], &mut stats[at]] {
+                        if *m == M::Prepared {
+                            *m = M::Online;
+                        }
+                    }
+                    STATUS_SUCCESS
+                }
+                (_, true) => {
+                    for m in [&mut queue[at], &mut stats[at]] {
+                        if *m == M::Prepared {
+                            *m = M::Retired;
+                        }
+                    }
+                    STATUS_SUCCESS
+                }
+            };
+            let context =
+                format!("round {round} step {step}: state {state} index {i} mismatch {mismatch}");
+            assert_eq!(written, expected_status, "{context}");
+            for j in 0..9 {
+                assert_eq!(
+                    model(parts.queue.state(index(j))),
+                    queue[j as usize],
+                    "queue {j}, {context}"
+                );
+                assert_eq!(
+                    model(parts.stats.state(index(j))),
+                    stats[j as usize],
+                    "stats {j}, {context}"
+                );
+            }
+        }
+        drop(registration);
+        assert_clean(&kernel);
+    }
+}
