@@ -1,4 +1,4 @@
-//! `perproc-wdk`: binds [perproc](perproc)'s per-processor containers to
+//! `perproc-wdk`: binds [perproc]'s per-processor containers to
 //! Windows' processor hot-add callback (`KeRegisterProcessorChangeCallback`).
 //!
 //! A driver's first contact with perproc is the seed document's ten lines in
@@ -37,7 +37,7 @@
 //!
 //! # Example (runs here on the simulator; the same code runs on Windows)
 //!
-//! ```
+//! ```ignore-windows
 //! use perproc_wdk::seed::{self, SeedDriver, SEED_TAG};
 //! use perproc_wdk::{sim::Kernel, sys, DriverSlot};
 //!

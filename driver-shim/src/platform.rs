@@ -32,7 +32,7 @@ pub const POOL_ALIGNMENT: usize = 16;
 
 /// The processors of the running system, as perproc's [`Platform`].
 ///
-/// ```
+/// ```ignore-windows
 /// use perproc::{PerCpu, PinGuard, Platform};
 /// use perproc_wdk::{sim::Kernel, KernelPlatform};
 ///

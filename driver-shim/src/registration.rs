@@ -60,7 +60,7 @@ impl<C> fmt::Debug for RegisterError<C> {
 /// Register and drop at `PASSIVE_LEVEL`, never from inside a processor-change
 /// callback.
 ///
-/// ```
+/// ```ignore-windows
 /// use perproc::{Component, Components, Error, PerCpu, Platform, ProcessorIndex};
 /// use perproc_wdk::{sim::Kernel, KernelPlatform, PoolAlloc, Registration};
 /// use core::sync::atomic::AtomicU64;
@@ -139,7 +139,7 @@ impl<C: Component> Registration<C> {
     /// Registers `parts` (which may borrow) for the duration of `f` only, then
     /// deregisters and gives them back with `f`'s result.
     ///
-    /// ```
+    /// ```ignore-windows
     /// use perproc::{Components, PerCpu, Platform};
     /// use perproc_wdk::{sim::Kernel, KernelPlatform, Registration, Replay};
     ///

@@ -8,7 +8,7 @@
 //! `DriverEntry` and `DriverUnload`; off Windows, the tests run it on the
 //! simulated kernel.
 //!
-//! ```
+//! ```ignore-windows
 //! use perproc_wdk::seed::{self, SeedDriver, SEED_TAG};
 //! use perproc_wdk::{sim::Kernel, sys, DriverSlot};
 //!

@@ -21,7 +21,7 @@ struct Stored<T> {
 /// in nonpaged pool: `DriverEntry` installs it, `Unload` takes it out and drops
 /// it. No `alloc` crate or global allocator needed.
 ///
-/// ```
+/// ```ignore-windows
 /// use perproc_wdk::{sim::Kernel, DriverSlot, PoolAlloc};
 ///
 /// static STATE: DriverSlot<[u64; 4]> = DriverSlot::new();
