@@ -42,10 +42,14 @@ fn irql_misuse_is_recorded_not_undefined() {
     // Leaving raised released the processor: another thread can raise on it.
     std::thread::scope(|s| {
         // SAFETY: IRQL calls of the simulated kernel, balanced.
-        kernel.spawn_on(s, 0, || unsafe {
-            sys::KfRaiseIrql(2);
-            sys::KeLowerIrql(0);
-        });
+        kernel
+            .spawn_on(s, 0, || unsafe {
+                sys::KfRaiseIrql(2);
+                sys::KeLowerIrql(0);
+            })
+            .join()
+            .unwrap()
+            .unwrap();
     });
 }
 
@@ -80,10 +84,14 @@ fn dispatch_level_makes_a_simulated_processor_exclusive() {
             });
         }
         // A thread on another processor is not held up by processor 2.
-        kernel.spawn_on(s, 3, || {
-            let platform = KernelPlatform::new(TAG);
-            let _pin = platform.pin();
-        });
+        kernel
+            .spawn_on(s, 3, || {
+                let platform = KernelPlatform::new(TAG);
+                let _pin = platform.pin();
+            })
+            .join()
+            .unwrap()
+            .unwrap();
     });
     // SAFETY: every thread that used `shared` has been joined.
     assert_eq!(unsafe { *shared.0.get() }, 3 * ROUNDS);

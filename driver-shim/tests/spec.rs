@@ -464,7 +464,7 @@ fn concurrent_hot_adds_of_different_processors_with_readers() {
             });
         }
         // Readers on processor 0: iteration and the local slot, while tables grow.
-        kernel.spawn_on(s, 0, || {
+        let reader = kernel.spawn_on(s, 0, || {
             let platform = KernelPlatform::new(TABLES);
             for _ in 0..200 {
                 let pin = platform.pin();
@@ -478,6 +478,7 @@ fn concurrent_hot_adds_of_different_processors_with_readers() {
                 }
             }
         });
+        reader.join().unwrap().unwrap();
     });
     assert_eq!(registration.parts().online(), 128 - 4);
     let expected: BTreeSet<u32> = (0..128).filter(|i| ![9, 33, 77, 100].contains(i)).collect();
@@ -505,7 +506,7 @@ fn more_than_64_processors_across_groups() {
     std::thread::scope(|s| {
         for cpu in [63, 64, 130, 255] {
             let parts = registration.parts();
-            kernel.spawn_on(s, cpu, move || {
+            let on = kernel.spawn_on(s, cpu, move || {
                 let platform = KernelPlatform::new(TABLES);
                 let pin = platform.pin();
                 assert_eq!(
@@ -513,6 +514,7 @@ fn more_than_64_processors_across_groups() {
                     u64::from(cpu)
                 );
             });
+            on.join().unwrap().unwrap();
         }
     });
     drop(registration);
@@ -685,16 +687,17 @@ fn the_seed_driver_on_the_simulator() {
     // across two groups; one add is vetoed by an injected allocation failure.
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
+        let mut io = Vec::new();
         for cpu in 0..4 {
             let done = &done;
-            kernel.spawn_on(s, cpu, move || {
+            io.push(kernel.spawn_on(s, cpu, move || {
                 let mut n = 0u64;
                 while done.load(Ordering::Acquire) == 0 || n < 100 {
                     assert!(seed::count_request(driver));
                     n += 1;
                 }
                 n
-            });
+            }));
         }
         let mut vetoed = 0;
         while kernel.next_free().is_some() {
@@ -715,6 +718,9 @@ fn the_seed_driver_on_the_simulator() {
             assert!(kernel.hot_add_next().unwrap().added());
         }
         done.store(1, Ordering::Release);
+        for thread in io {
+            assert!(thread.join().unwrap().unwrap() >= 100);
+        }
     });
     assert_eq!(kernel.active_processors(), 64);
     assert_eq!(driver.parts().requests.online_count(), 64);
