@@ -16,7 +16,7 @@ const READERS: u32 = if cfg!(miri) { 2 } else { 4 };
 const ITERATORS: u32 = 2;
 const WRITERS: u32 = 2;
 /// Every VETO-th add is vetoed by failing one allocation.
-const VETO: u32 = 97;
+const VETO: u32 = if cfg!(miri) { 7 } else { 97 };
 
 #[test]
 fn readers_see_only_fully_built_slots_while_processors_arrive() {

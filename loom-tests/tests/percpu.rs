@@ -1,0 +1,197 @@
+//! Loom models of what runs concurrently at callback time in `PerCpu`:
+//! publication racing readers and iterators, prepares of different processors
+//! racing each other, and an abort racing a reader that holds a reference.
+//!
+//! Each publication model is `#[should_panic]` in the mutant build
+//! (`--cfg perproc_mutant="relaxed_publish"`: the publishing stores weakened to
+//! `Relaxed`). The test command runs this file both ways, so a model that could
+//! not catch a weakened publication fails the run.
+//!
+//! Readers here *spin until they observe* the publication (with
+//! `thread::yield_now`) instead of reading once. Loom's DPOR remembers only the
+//! last access to each atomic, so a reader's single load followed by the writer's
+//! own load of the same word hides the race: loom then explores one schedule and
+//! the Relaxed mutant passes (checked: 1 execution). Spinning makes loom explore
+//! the reader seeing the new word.
+#![cfg(loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use perproc::host::HostAlloc;
+use perproc::{InitFn, PerCpu, ProcessorIndex, SlotPadding, SlotState};
+
+/// A value a reader can check: a function of its processor index, written as two
+/// words so a torn or unpublished read shows.
+type Value = [u64; 2];
+type Table = PerCpu<Value, HostAlloc>;
+
+fn value(i: ProcessorIndex) -> Value {
+    let i = u64::from(i.get());
+    [i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, !i]
+}
+
+fn cpu(i: u32) -> ProcessorIndex {
+    ProcessorIndex::new(i).unwrap()
+}
+
+fn table(capacity: usize) -> Arc<Table> {
+    let init: InitFn<Value> = |i| Ok(value(i));
+    Arc::new(PerCpu::with_capacity_in(capacity, HostAlloc, SlotPadding::CacheLine, init).unwrap())
+}
+
+fn spawn(t: &Arc<Table>, f: impl FnOnce(&Table) + Send + 'static) -> thread::JoinHandle<()> {
+    let t = t.clone();
+    thread::spawn(move || f(&t))
+}
+
+/// Spins until processor `i` is published, checks its value, returns it.
+fn await_published(t: &Table, i: u32) -> &Value {
+    loop {
+        if let Some(v) = t.get(cpu(i)) {
+            assert_eq!(*v, value(cpu(i)));
+            return v;
+        }
+        thread::yield_now();
+    }
+}
+
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn prepare_races_get() {
+    loom::model(|| {
+        let t = table(2);
+        let writer = spawn(&t, |t| t.prepare(cpu(1)).unwrap());
+        await_published(&t, 1);
+        writer.join().unwrap();
+    });
+}
+
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn prepare_races_iteration() {
+    loom::model(|| {
+        let t = table(2);
+        let writer = spawn(&t, |t| t.prepare(cpu(0)).unwrap());
+        loop {
+            let mut seen = 0;
+            for (i, v) in t.iter() {
+                assert_eq!(*v, value(i));
+                seen += 1;
+            }
+            assert!(seen <= 1);
+            if seen == 1 {
+                break;
+            }
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+    });
+}
+
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn two_prepares_race_with_a_reader() {
+    loom::model(|| {
+        let t = table(2);
+        let writers: Vec<_> = (0..2)
+            .map(|i| {
+                spawn(&t, move |t| {
+                    t.prepare(cpu(i)).unwrap();
+                    t.commit(cpu(i)).unwrap();
+                })
+            })
+            .collect();
+        // Whatever iteration sees along the way is fully built; it ends up
+        // seeing both, each once.
+        loop {
+            let mut seen: Vec<u32> = t
+                .iter()
+                .map(|(i, v)| {
+                    assert_eq!(*v, value(i));
+                    i.get()
+                })
+                .collect();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen == [0, 1] {
+                break;
+            }
+            thread::yield_now();
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!((t.published_count(), t.online_count()), (2, 2));
+    });
+}
+
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn abort_races_a_reader_holding_a_reference() {
+    loom::model(|| {
+        let t = table(1);
+        let writer = spawn(&t, |t| {
+            t.prepare(cpu(0)).unwrap();
+            t.abort(cpu(0)).unwrap();
+        });
+        // The reader needs to see the slot while it is published: wait for it
+        // unless the abort came first.
+        let mut held = None;
+        while t.state(cpu(0)) != SlotState::Retired {
+            if let Some(v) = t.get(cpu(0)) {
+                assert_eq!(*v, value(cpu(0)));
+                held = Some(v);
+                break;
+            }
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+        // Hidden now, but a reference taken before the abort is still valid.
+        assert!(t.get(cpu(0)).is_none());
+        assert_eq!(t.state(cpu(0)), SlotState::Retired);
+        if let Some(v) = held {
+            assert_eq!(*v, value(cpu(0)));
+        }
+    });
+}
+
+/// Not a publication model: the revived value was built before the table was
+/// shared, so it passes in the mutant build too; it checks the state machine of
+/// a revival racing a reader and a duplicate Failure.
+#[test]
+fn revive_races_a_reader_and_a_duplicate_failure() {
+    loom::model(|| {
+        let t = table(1);
+        t.prepare(cpu(0)).unwrap();
+        t.abort(cpu(0)).unwrap();
+        let reviver = spawn(&t, |t| t.prepare(cpu(0)).unwrap());
+        let failure = spawn(&t, |t| {
+            // Either it finds the slot retired (nothing to do), prepared (hides it
+            // again) or mid-revival (busy): never anything else.
+            let r = t.abort(cpu(0));
+            assert!(matches!(r, Ok(_) | Err(perproc::Error::Busy)), "{r:?}");
+        });
+        if let Some(v) = t.get(cpu(0)) {
+            assert_eq!(*v, value(cpu(0)));
+        }
+        reviver.join().unwrap();
+        failure.join().unwrap();
+        assert!(matches!(
+            t.state(cpu(0)),
+            SlotState::Prepared | SlotState::Retired
+        ));
+        assert_eq!(t.iter_all().count(), 1);
+    });
+}
