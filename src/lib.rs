@@ -92,6 +92,7 @@ mod change;
 mod error;
 mod percpu;
 mod platform;
+mod pool;
 mod processor;
 mod sync;
 
@@ -105,4 +106,5 @@ pub use change::{ChangeState, Component, Components, ProcessorChange};
 pub use error::Error;
 pub use percpu::{Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
+pub use pool::{Limits, PerCpuPool, PoolBox, PoolStats, ProcessorStats};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};
