@@ -56,8 +56,11 @@
 //! # The one lock
 //!
 //! The depot's lock is a spin lock and is taken only by pinned code (on Windows,
-//! at `DISPATCH_LEVEL`): the slow paths of pinned operations. Statistics,
-//! prepare, commit and abort never take it.
+//! at `DISPATCH_LEVEL`): the slow paths of pinned operations, once per
+//! magazine's worth of them. Statistics, prepare, commit and abort never take
+//! it. A slab is allocated with the lock held (growth is rare, and the
+//! allocator must then be callable at `DISPATCH_LEVEL`: nonpaged memory), so
+//! no processor sees the pool exhausted while another is growing it.
 
 mod cache;
 mod depot;
@@ -74,7 +77,7 @@ use core::ptr::{self, NonNull};
 use crossbeam_utils::CachePadded;
 
 use self::cache::Cache;
-use self::depot::{Locked, Shared};
+use self::depot::{Depot, Shared};
 pub use self::handle::PoolBox;
 use self::magazine::Round;
 pub use self::stats::{PoolStats, ProcessorStats};
@@ -466,7 +469,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
             if let Some(round) = cache.fill(&mut depot, capacity) {
                 return Ok(round);
             }
-            let mut depot = self.grow(depot, index)?;
+            self.grow(&mut depot, index)?;
             cache.fill(&mut depot, capacity).ok_or(Error::Exhausted)
         }
     }
@@ -478,7 +481,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         let round = match depot.take_one() {
             Some(round) => round,
             None => {
-                depot = self.grow(depot, index)?;
+                self.grow(&mut depot, index)?;
                 depot.take_one().ok_or(Error::Exhausted)?
             }
         };
@@ -486,24 +489,23 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         Ok(round)
     }
 
-    /// Grows the pool by a slab placed for `index`, allocated with the lock
-    /// released; returns the depot locked again with the slab's objects loose.
-    fn grow<'a>(
-        &'a self,
-        mut depot: Locked<'a>,
-        index: ProcessorIndex,
-    ) -> Result<Locked<'a>, Error> {
-        let objects = depot.reserve(self.limits.total, self.slab.per_slab());
+    /// Grows the pool by a slab placed for `index`; its objects go loose.
+    ///
+    /// The slab is allocated with the depot locked: growth is rare (at most
+    /// `total / slab_size` times), and releasing the lock meanwhile would let
+    /// another processor find the pool exhausted while it is in fact growing.
+    fn grow(&self, depot: &mut Depot, index: ProcessorIndex) -> Result<(), Error> {
+        let objects = depot.room(self.limits.total, self.slab.per_slab());
         if objects == 0 {
             return Err(Error::Exhausted);
         }
-        drop(depot);
-        let slab = self.slab.allocate(self.caches.allocator(), objects, index);
-        let mut depot = self.depot.lock();
-        // SAFETY: a fresh slab of `objects` slots of this shape, from our
-        // allocator, known to no one else.
-        unsafe { depot.finish_growth(objects, slab.as_ref().ok().copied(), &self.slab) };
-        slab.map(|_| depot)
+        let slab = self
+            .slab
+            .allocate(self.caches.allocator(), objects, index)?;
+        // SAFETY: a fresh slab of this shape from our allocator, known to no one
+        // else.
+        unsafe { depot.add_slab(slab, &self.slab) };
+        Ok(())
     }
 
     /// Gives back a free slot, on the fast path if this processor's loaded

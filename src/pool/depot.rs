@@ -31,8 +31,6 @@ pub(super) struct Depot {
     slab_count: usize,
     /// Objects in the slabs.
     objects: usize,
-    /// Objects promised to growths whose slab is being allocated.
-    reserved: usize,
     /// Objects handed out and taken back without magazines.
     direct_allocs: u64,
     direct_frees: u64,
@@ -101,32 +99,19 @@ impl Depot {
         self.direct_frees = self.direct_frees.wrapping_add(1);
     }
 
-    /// Reserves up to `per_slab` objects of growth under `total`; returns how
-    /// many (0: the total is reached).
-    pub(super) fn reserve(&mut self, total: usize, per_slab: usize) -> usize {
-        let room = total
-            .saturating_sub(self.objects)
-            .saturating_sub(self.reserved);
-        let grant = room.min(per_slab);
-        self.reserved = self.reserved.saturating_add(grant);
-        grant
+    /// How many objects the next slab may hold: up to `per_slab`, within
+    /// `total` (0: the total is reached).
+    pub(super) fn room(&self, total: usize, per_slab: usize) -> usize {
+        total.saturating_sub(self.objects).min(per_slab)
     }
 
-    /// Ends a growth of `reserved` objects: adds the slab (its slots become
-    /// loose objects) or, if the allocation failed, gives the room back.
+    /// Adds a new slab; its slots become loose objects.
     ///
     /// # Safety
     ///
-    /// `slab`, if any, is a fresh slab of `shape` holding `reserved` slots,
-    /// allocated from this pool's allocator and known to no one else.
-    pub(super) unsafe fn finish_growth(
-        &mut self,
-        reserved: usize,
-        slab: Option<NonNull<Header>>,
-        shape: &slab::Shape,
-    ) {
-        self.reserved = self.reserved.saturating_sub(reserved);
-        let Some(slab) = slab else { return };
+    /// `slab` is a fresh slab of `shape`, allocated from this pool's allocator
+    /// and known to no one else.
+    pub(super) unsafe fn add_slab(&mut self, slab: NonNull<Header>, shape: &slab::Shape) {
         // SAFETY: the header is live and ours (caller).
         let objects = unsafe {
             (*slab.as_ptr()).next = self.slabs;
@@ -135,7 +120,7 @@ impl Depot {
         self.slabs = Some(slab);
         self.slab_count = self.slab_count.saturating_add(1);
         self.objects = self.objects.saturating_add(objects);
-        // Newest-last so the first slots come out first.
+        // Last slot first, so the first slots come out first.
         for i in (0..objects).rev() {
             // SAFETY: `i < objects`, the slab is live and of this shape; its
             // slots were never handed out.
