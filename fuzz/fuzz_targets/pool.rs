@@ -25,11 +25,22 @@ const ALL: u32 = TABLE + 2;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Alloc { cpu: u8 },
-    Free { cpu: u8, which: u8 },
-    Prepare { cpu: u8 },
-    Commit { cpu: u8 },
-    Abort { cpu: u8 },
+    Alloc {
+        cpu: u8,
+    },
+    Free {
+        cpu: u8,
+        which: u8,
+    },
+    Prepare {
+        cpu: u8,
+    },
+    Commit {
+        cpu: u8,
+    },
+    Abort {
+        cpu: u8,
+    },
     /// The next allocation the pool asks for fails.
     FailNext,
 }
@@ -121,7 +132,10 @@ fuzz_target!(|input: Input| {
                 let pin = machine.pin();
                 match pool.alloc_raw(&pin, [token; 3]) {
                     Ok(object) => {
-                        assert!(addresses.insert(object.as_ptr() as usize), "handed out twice");
+                        assert!(
+                            addresses.insert(object.as_ptr() as usize),
+                            "handed out twice"
+                        );
                         out.push((object, token));
                         token += 1;
                     }
