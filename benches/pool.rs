@@ -23,12 +23,10 @@
 
 use std::cell::RefCell;
 use std::hint::black_box;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use heapless::box_pool;
 use heapless::pool::boxed::BoxBlock;
 use perproc::host::HostPlatform;
 use perproc::{Limits, PerCpuPool, Platform, ProcessorIndex};
@@ -50,8 +48,13 @@ trait Variant: Sync {
 
 // --- thread-local Vec free list --------------------------------------------
 
+/// `PREFILL` preallocated objects, as a driver would carve them at start.
+fn prefilled() -> Vec<&'static mut Obj> {
+    (0..PREFILL).map(|_| Box::leak(Box::new([0; 8]))).collect()
+}
+
 thread_local! {
-    static TL_FREE: RefCell<Vec<Box<Obj>>> = RefCell::new((0..PREFILL).map(|_| Box::new([0; 8])).collect());
+    static TL_FREE: RefCell<Vec<&'static mut Obj>> = RefCell::new(prefilled());
 }
 
 struct TlVec;
@@ -60,7 +63,7 @@ impl Variant for TlVec {
     fn pairs(&self, n: u64) {
         TL_FREE.with(|free| {
             for i in 0..n {
-                let mut object = free.borrow_mut().pop().expect("prefilled");
+                let object = free.borrow_mut().pop().expect("prefilled");
                 *object = [i; 8];
                 black_box(&mut *object);
                 free.borrow_mut().push(object);
@@ -71,12 +74,12 @@ impl Variant for TlVec {
 
 // --- global spin-locked free list ------------------------------------------
 
-struct SpinList(spin::Mutex<Vec<Box<Obj>>>);
+struct SpinList(spin::Mutex<Vec<&'static mut Obj>>);
 
 impl Variant for SpinList {
     fn pairs(&self, n: u64) {
         for i in 0..n {
-            let mut object = self.0.lock().pop().expect("prefilled");
+            let object = self.0.lock().pop().expect("prefilled");
             *object = [i; 8];
             black_box(&mut *object);
             self.0.lock().push(object);
@@ -99,7 +102,11 @@ impl Variant for Boxed {
 
 // --- heapless Treiber pool ---------------------------------------------------
 
-box_pool!(HeaplessPool: Obj);
+mod treiber {
+    #![allow(missing_docs)] // the macro's struct
+    heapless::box_pool!(HeaplessPool: super::Obj);
+}
+use treiber::HeaplessPool;
 
 struct Heapless;
 
@@ -115,7 +122,7 @@ impl Heapless {
 impl Variant for Heapless {
     fn pairs(&self, n: u64) {
         for i in 0..n {
-            let mut object = HeaplessPool.alloc([i; 8]).ok().expect("prefilled");
+            let mut object = HeaplessPool.alloc([i; 8]).expect("prefilled");
             black_box(&mut *object);
             drop(object);
         }
@@ -216,9 +223,7 @@ fn timed(platform: &HostPlatform, variant: &dyn Variant, iters: u64, second: boo
 
 fn pool(c: &mut Criterion) {
     let platform = HostPlatform::new(2).unwrap();
-    let spin_list = SpinList(spin::Mutex::new(
-        (0..PREFILL).map(|_| Box::new([0; 8])).collect(),
-    ));
+    let spin_list = SpinList(spin::Mutex::new(prefilled()));
     let heapless = Heapless::new();
     let raw = Perproc::new(&platform, false);
     let handles = Perproc::new(&platform, true);

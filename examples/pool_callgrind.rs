@@ -38,9 +38,9 @@ fn perproc_pairs(platform: &HostPlatform, pool: &PerCpuPool<Obj, &HostPlatform>,
 }
 
 #[inline(never)]
-fn tl_vec_pairs(free: &RefCell<Vec<Box<Obj>>>, pairs: u64) {
+fn tl_vec_pairs(free: &RefCell<Vec<&'static mut Obj>>, pairs: u64) {
     for i in 0..pairs {
-        let mut object = free.borrow_mut().pop().expect("prefilled");
+        let object = free.borrow_mut().pop().expect("prefilled");
         *object = [i; 8];
         black_box(&mut *object);
         free.borrow_mut().push(object);
@@ -67,7 +67,11 @@ fn main() -> Result<(), perproc::Error> {
     )?;
     pool.prepare(ProcessorIndex::ZERO)?;
     pool.commit(ProcessorIndex::ZERO)?;
-    let free = RefCell::new((0..1024).map(|_| Box::new([0u64; 8])).collect::<Vec<_>>());
+    let free = RefCell::new(
+        (0..1024)
+            .map(|_| Box::leak(Box::new([0u64; 8])))
+            .collect::<Vec<_>>(),
+    );
 
     perproc_pairs(&platform, &pool, pairs);
     tl_vec_pairs(&free, pairs);
