@@ -1,6 +1,8 @@
 //! Instructions per alloc+free pair, repeatably: run under callgrind and read
-//! the inclusive counts of the `*_pairs` functions (each runs `PAIRS` pairs of
-//! a 64-byte object, pinned once per batch of 256 like a DPC).
+//! the inclusive counts of the `*_pairs` functions, each `PAIRS` pairs of a
+//! 64-byte object: the pool (pinned once per batch of 256, like a DPC), a
+//! thread-local `Vec` free list, a global `spin::Mutex` free list, heapless's
+//! Treiber pool, and `Box`.
 //!
 //! ```text
 //! cargo build --release --example pool_callgrind
@@ -48,6 +50,31 @@ fn tl_vec_pairs(free: &RefCell<Vec<&'static mut Obj>>, pairs: u64) {
 }
 
 #[inline(never)]
+fn spin_mutex_pairs(free: &spin::Mutex<Vec<&'static mut Obj>>, pairs: u64) {
+    for i in 0..pairs {
+        let object = free.lock().pop().expect("prefilled");
+        *object = [i; 8];
+        black_box(&mut *object);
+        free.lock().push(object);
+    }
+}
+
+mod treiber {
+    #![allow(missing_docs)] // the macro's struct
+    heapless::box_pool!(HeaplessPool: super::Obj);
+}
+use treiber::HeaplessPool;
+
+#[inline(never)]
+fn heapless_pairs(pairs: u64) {
+    for i in 0..pairs {
+        let mut object = HeaplessPool.alloc([i; 8]).expect("prefilled");
+        black_box(&mut *object);
+        drop(object);
+    }
+}
+
+#[inline(never)]
 fn box_pairs(pairs: u64) {
     for i in 0..pairs {
         drop(black_box(Box::new([i; 8])));
@@ -67,14 +94,18 @@ fn main() -> Result<(), perproc::Error> {
     )?;
     pool.prepare(ProcessorIndex::ZERO)?;
     pool.commit(ProcessorIndex::ZERO)?;
-    let free = RefCell::new(
-        (0..1024)
-            .map(|_| Box::leak(Box::new([0u64; 8])))
-            .collect::<Vec<_>>(),
-    );
+    let prefilled =
+        || -> Vec<&'static mut Obj> { (0..1024).map(|_| Box::leak(Box::new([0u64; 8]))).collect() };
+    let free = RefCell::new(prefilled());
+    let locked = spin::Mutex::new(prefilled());
+    for _ in 0..1024 {
+        HeaplessPool.manage(Box::leak(Box::new(heapless::pool::boxed::BoxBlock::new())));
+    }
 
     perproc_pairs(&platform, &pool, pairs);
     tl_vec_pairs(&free, pairs);
+    spin_mutex_pairs(&locked, pairs);
+    heapless_pairs(pairs);
     box_pairs(pairs);
 
     let stats = pool.stats();
