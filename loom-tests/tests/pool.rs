@@ -99,9 +99,12 @@ fn local_alloc_races_a_remote_free() {
             thread::spawn(move || {
                 let on = pin(1);
                 free(&pool, &on, x, 10);
-                // Processor 1 reuses what it was given.
+                // Processor 1 reuses what it was given, then needs the depot.
                 let y = alloc(&pool, &on, 11);
+                let z = alloc(&pool, &on, 12);
+                assert_ne!(y.0, z.0);
                 free(&pool, &on, y, 11);
+                free(&pool, &on, z, 12);
             })
         };
         let on = pin(0);
@@ -133,10 +136,14 @@ fn depot_exchange_races_a_hot_add() {
                 pool.commit(cpu(1)).unwrap();
             })
         };
-        // Processor 0 overflows its one-round magazines: depot exchanges.
+        // Processor 0 overflows its one-round magazines: depot exchanges. A
+        // driver logs statistics meanwhile (they walk every cache, the new one
+        // too, while it is published).
         let on = pin(0);
         let a = alloc(&pool, &on, 1);
         let b = alloc(&pool, &on, 2);
+        let stats = pool.stats();
+        assert!(stats.objects <= 4, "{stats:?}");
         free(&pool, &on, a, 1);
         free(&pool, &on, b, 2);
         drop(on);
@@ -169,7 +176,11 @@ fn abort_races_frees_on_the_failing_processor() {
         };
         let abort = {
             let pool = pool.clone();
-            thread::spawn(move || pool.abort(cpu(1)).unwrap())
+            thread::spawn(move || {
+                pool.abort(cpu(1)).unwrap();
+                // Reading the retired cache's figures races its owner: atomics.
+                let _ = pool.processor_stats(cpu(1)).unwrap();
+            })
         };
         frees.join().unwrap();
         abort.join().unwrap();
@@ -182,6 +193,42 @@ fn abort_races_frees_on_the_failing_processor() {
         free(&pool, &on, w, 4);
         drop(on);
         assert_eq!(pool.stats().stranded, 0);
+        assert_all_back(pool);
+    });
+}
+
+#[test]
+fn a_new_add_races_the_owner_handing_back_a_stranded_cache() {
+    loom::model(|| {
+        let pool = new_pool(4);
+        pool.prepare(cpu(1)).unwrap();
+        // Processor 1 ran code and cached objects, then its add failed.
+        let on = pin(1);
+        let x = alloc(&pool, &on, 1);
+        free(&pool, &on, x, 1);
+        drop(on);
+        pool.abort(cpu(1)).unwrap();
+        assert!(pool.stats().stranded > 0);
+        // The next add of processor 1 revives the cache while code pinned there
+        // hands it back (or uses it, if the revival came first).
+        let owner = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let on = pin(1);
+                let y = alloc(&pool, &on, 2);
+                free(&pool, &on, y, 2);
+            })
+        };
+        let add = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                pool.prepare(cpu(1)).unwrap();
+                pool.commit(cpu(1)).unwrap();
+            })
+        };
+        owner.join().unwrap();
+        add.join().unwrap();
+        assert!(!pool.processor_stats(cpu(1)).unwrap().retired);
         assert_all_back(pool);
     });
 }
