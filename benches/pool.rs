@@ -10,8 +10,11 @@
 //!   single lookaside list under a spin lock);
 //! - `box`: `Box::new` and drop (the system allocator);
 //! - `heapless`: `heapless::pool::boxed` (a tagged Treiber stack, lock-free);
-//! - `perproc_raw`: `PerCpuPool::alloc_raw` / `free_raw`;
-//! - `perproc_box`: `PerCpuPool::alloc` / `PoolBox::free`.
+//! - `perproc_raw`: `PerCpuPool::alloc_raw` / `free_raw` (each looks up the
+//!   processor's cache);
+//! - `perproc_box`: `PerCpuPool::alloc` / `PoolBox::free`;
+//! - `perproc_local`: `PerCpuPool::local(&pin)` once per batch, then
+//!   `LocalPool::alloc` / `free` (the cache is looked up once per batch).
 //!
 //! The pool is used the way a DPC uses it: pinned once per batch of
 //! [`BATCH`] pairs (on the host a pin is one compare-and-swap on the simulated
@@ -131,14 +134,22 @@ impl Variant for Heapless {
 
 // --- perproc -----------------------------------------------------------------
 
+/// Which of the pool's APIs a variant uses.
+#[derive(Clone, Copy)]
+enum Api {
+    Raw,
+    Box,
+    Local,
+}
+
 struct Perproc<'a> {
     platform: &'a HostPlatform,
     pool: PerCpuPool<Obj, &'a HostPlatform>,
-    handles: bool,
+    api: Api,
 }
 
 impl<'a> Perproc<'a> {
-    fn new(platform: &'a HostPlatform, handles: bool) -> Self {
+    fn new(platform: &'a HostPlatform, api: Api) -> Self {
         let pool = PerCpuPool::new(
             platform,
             Limits {
@@ -154,7 +165,7 @@ impl<'a> Perproc<'a> {
         Perproc {
             platform,
             pool,
-            handles,
+            api,
         }
     }
 }
@@ -162,18 +173,29 @@ impl<'a> Perproc<'a> {
 impl Variant for Perproc<'_> {
     fn pairs(&self, n: u64) {
         let pin = self.platform.pin();
-        if self.handles {
-            for i in 0..n {
-                let mut object = self.pool.alloc(&pin, [i; 8]).expect("within the total");
-                black_box(&mut *object);
-                object.free(&pin);
+        match self.api {
+            Api::Raw => {
+                for i in 0..n {
+                    let object = self.pool.alloc_raw(&pin, [i; 8]).expect("within the total");
+                    black_box(object);
+                    // SAFETY: allocated just above, freed once.
+                    unsafe { self.pool.free_raw(&pin, object) };
+                }
             }
-        } else {
-            for i in 0..n {
-                let object = self.pool.alloc_raw(&pin, [i; 8]).expect("within the total");
-                black_box(object);
-                // SAFETY: allocated just above, freed once.
-                unsafe { self.pool.free_raw(&pin, object) };
+            Api::Box => {
+                for i in 0..n {
+                    let mut object = self.pool.alloc(&pin, [i; 8]).expect("within the total");
+                    black_box(&mut *object);
+                    object.free(&pin);
+                }
+            }
+            Api::Local => {
+                let local = self.pool.local(&pin);
+                for i in 0..n {
+                    let mut object = local.alloc([i; 8]).expect("within the total");
+                    black_box(&mut *object);
+                    local.free(object);
+                }
             }
         }
     }
@@ -225,22 +247,24 @@ fn pool(c: &mut Criterion) {
     let platform = HostPlatform::new(2).unwrap();
     let spin_list = SpinList(spin::Mutex::new(prefilled()));
     let heapless = Heapless::new();
-    let raw = Perproc::new(&platform, false);
-    let handles = Perproc::new(&platform, true);
-    let variants: [(&str, &dyn Variant); 6] = [
+    let raw = Perproc::new(&platform, Api::Raw);
+    let handles = Perproc::new(&platform, Api::Box);
+    let local = Perproc::new(&platform, Api::Local);
+    let variants: [(&str, &dyn Variant); 7] = [
         ("tl_vec", &TlVec),
         ("spin_mutex", &spin_list),
         ("box", &Boxed),
         ("heapless", &heapless),
         ("perproc_raw", &raw),
         ("perproc_box", &handles),
+        ("perproc_local", &local),
     ];
     for (threads, second) in [("1 thread", false), ("2 threads", true)] {
         let mut group = c.benchmark_group(format!("pool/{threads}"));
         group
             .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2))
-            .sample_size(30);
+            .measurement_time(Duration::from_secs(3))
+            .sample_size(40);
         for (name, variant) in variants {
             group.bench_function(name, |b| {
                 b.iter_custom(|iters| timed(&platform, variant, iters, second))
@@ -248,7 +272,11 @@ fn pool(c: &mut Criterion) {
         }
         group.finish();
     }
-    for (name, pool) in [("perproc_raw", &raw), ("perproc_box", &handles)] {
+    for (name, pool) in [
+        ("perproc_raw", &raw),
+        ("perproc_box", &handles),
+        ("perproc_local", &local),
+    ] {
         let hits: u64 = pool.pool.processors().map(|p| p.hits()).sum();
         let misses: u64 = pool.pool.processors().map(|p| p.misses()).sum();
         eprintln!("{name}: {hits} hits, {misses} misses (pinned batches of {BATCH})");

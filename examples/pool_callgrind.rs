@@ -1,6 +1,8 @@
 //! Instructions per alloc+free pair, repeatably: run under callgrind and read
 //! the inclusive counts of the `*_pairs` functions, each `PAIRS` pairs of a
-//! 64-byte object: the pool (pinned once per batch of 256, like a DPC), a
+//! 64-byte object: the pool (pinned once per batch of 256, like a DPC; per
+//! operation through `PerCpuPool`, or through a `LocalPool` made once per
+//! batch), a
 //! thread-local `Vec` free list, a global `spin::Mutex` free list, heapless's
 //! Treiber pool, and `Box`.
 //!
@@ -34,6 +36,23 @@ fn perproc_pairs(platform: &HostPlatform, pool: &PerCpuPool<Obj, &HostPlatform>,
             black_box(object);
             // SAFETY: allocated just above, freed once.
             unsafe { pool.free_raw(&pin, object) };
+        }
+        left -= batch;
+    }
+}
+
+#[inline(never)]
+fn perproc_local_pairs(platform: &HostPlatform, pool: &PerCpuPool<Obj, &HostPlatform>, pairs: u64) {
+    let mut left = pairs;
+    while left > 0 {
+        let batch = left.min(BATCH);
+        let pin = platform.pin();
+        let local = pool.local(&pin);
+        for i in 0..batch {
+            let object = local.alloc_raw([i; 8]).expect("within the total");
+            black_box(object);
+            // SAFETY: allocated just above, freed once.
+            unsafe { local.free_raw(object) };
         }
         left -= batch;
     }
@@ -103,6 +122,7 @@ fn main() -> Result<(), perproc::Error> {
     }
 
     perproc_pairs(&platform, &pool, pairs);
+    perproc_local_pairs(&platform, &pool, pairs);
     tl_vec_pairs(&free, pairs);
     spin_mutex_pairs(&locked, pairs);
     heapless_pairs(pairs);

@@ -106,5 +106,5 @@ pub use change::{ChangeState, Component, Components, ProcessorChange};
 pub use error::Error;
 pub use percpu::{Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
-pub use pool::{Limits, PerCpuPool, PoolBox, PoolStats, ProcessorStats};
+pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};

@@ -347,6 +347,35 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         unsafe { self.put(pin, object.cast()) }
     }
 
+    /// The pool as seen from the processor `pin` holds, for a batch of
+    /// operations under one pin (a DPC's loop over completions): the
+    /// processor's cache is looked up once instead of once per operation.
+    ///
+    /// ```
+    /// use perproc::{host::HostPlatform, Limits, PerCpuPool, Platform, ProcessorIndex};
+    /// let platform = HostPlatform::new(2)?;
+    /// let pool = PerCpuPool::<[u8; 64], _>::new(&platform, Limits { total: 512, per_cpu: 64 })?;
+    /// pool.prepare(ProcessorIndex::ZERO)?;
+    ///
+    /// let pin = platform.pin();
+    /// let local = pool.local(&pin);
+    /// let batch: Vec<_> = (0..32).map(|_| local.alloc([0; 64])).collect::<Result<_, _>>()?;
+    /// for object in batch {
+    ///     local.free(object);
+    /// }
+    /// # Ok::<(), perproc::Error>(())
+    /// ```
+    #[inline]
+    pub fn local<'g, G: PinGuard + ?Sized>(&self, pin: &'g G) -> LocalPool<'_, 'g, T, P, A, G> {
+        let index = pin.processor();
+        LocalPool {
+            pool: self,
+            pin,
+            index,
+            cache: self.caches.get(index),
+        }
+    }
+
     /// The whole pool's figures. Never blocks, never takes the lock.
     pub fn stats(&self) -> PoolStats {
         let (mut cached, mut stranded) = (0usize, 0usize);
@@ -428,13 +457,29 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     #[inline(always)]
     fn take<G: PinGuard + ?Sized>(&self, pin: &G) -> Result<Round, Error> {
         let index = pin.processor();
-        if let Some(cache) = self.caches.get(index) {
-            // SAFETY: `pin` pins us to `index`, whose cache this is.
+        // SAFETY: `pin` pins us to `index`; the cache is that processor's.
+        unsafe { self.take_from(self.caches.get(index), index) }
+    }
+
+    /// [`take`](Self::take) with the processor's cache already looked up.
+    ///
+    /// # Safety
+    ///
+    /// The caller is pinned to `index`, and `cache`, if any, is `index`'s
+    /// (published or retired).
+    #[inline(always)]
+    unsafe fn take_from(
+        &self,
+        cache: Option<&Cache>,
+        index: ProcessorIndex,
+    ) -> Result<Round, Error> {
+        if let Some(cache) = cache {
+            // SAFETY: pinned to the cache's processor (caller).
             if let Some(round) = unsafe { cache.pop() } {
                 return Ok(round);
             }
         }
-        // SAFETY: pinned to `index` by `pin`.
+        // SAFETY: pinned to `index` (caller).
         unsafe { self.take_slow(index) }
     }
 
@@ -517,15 +562,28 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     #[inline(always)]
     unsafe fn put<G: PinGuard + ?Sized>(&self, pin: &G, round: Round) {
         let index = pin.processor();
+        // SAFETY: `pin` pins us to `index`; the cache is that processor's; a
+        // free slot (caller).
+        unsafe { self.put_into(self.caches.get(index), index, round) }
+    }
+
+    /// [`put`](Self::put) with the processor's cache already looked up.
+    ///
+    /// # Safety
+    ///
+    /// As for [`take_from`](Self::take_from); `round` is a slot of this pool
+    /// that no one uses any more.
+    #[inline(always)]
+    unsafe fn put_into(&self, cache: Option<&Cache>, index: ProcessorIndex, round: Round) {
         let mut round = round;
-        if let Some(cache) = self.caches.get(index) {
-            // SAFETY: pinned to `index`, whose cache this is; a free slot.
+        if let Some(cache) = cache {
+            // SAFETY: pinned to the cache's processor; a free slot (caller).
             match unsafe { cache.push(self.magazine.capacity(), round) } {
                 Ok(()) => return,
                 Err(back) => round = back,
             }
         }
-        // SAFETY: pinned to `index` by `pin`; a free slot (caller).
+        // SAFETY: pinned to `index`; a free slot (caller).
         unsafe { self.put_slow(index, round) }
     }
 
@@ -660,6 +718,79 @@ impl<T, P: Platform, A: RawAlloc> fmt::Debug for PerCpuPool<T, P, A> {
             .field("magazine_size", &self.magazine_size())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+/// A pool seen from one pinned processor, from [`PerCpuPool::local`]: the
+/// same operations as the pool's, with the processor's cache looked up once.
+///
+/// It borrows the pin, so it lives no longer than the pinning (and, like the
+/// pin, stays on its thread). If the processor's add is aborted while a batch
+/// runs, the batch keeps using the hidden cache; what it leaves there is
+/// stranded until code pinned to that processor next goes to the depot, as
+/// after any abort.
+pub struct LocalPool<'p, 'g, T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> {
+    pool: &'p PerCpuPool<T, P, A>,
+    pin: &'g G,
+    index: ProcessorIndex,
+    /// The processor's cache when the batch began: `pin`'s processor's,
+    /// published then, and alive as long as the pool.
+    cache: Option<&'p Cache>,
+}
+
+impl<'p, T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> LocalPool<'p, '_, T, P, A, G> {
+    /// [`PerCpuPool::alloc`] on this processor.
+    ///
+    /// # Errors
+    /// As [`PerCpuPool::alloc`].
+    #[inline]
+    pub fn alloc(&self, value: T) -> Result<PoolBox<'p, T, P, A>, Error> {
+        let object = self.alloc_raw(value)?;
+        // SAFETY: a fresh object of this pool, holding `value`, owned by us.
+        Ok(unsafe { PoolBox::from_raw(self.pool, object) })
+    }
+
+    /// [`PerCpuPool::alloc_raw`] on this processor.
+    ///
+    /// # Errors
+    /// As [`PerCpuPool::alloc`].
+    #[inline]
+    pub fn alloc_raw(&self, value: T) -> Result<NonNull<T>, Error> {
+        // SAFETY: `pin` pins us to `index`, and `cache` is that processor's.
+        let object = unsafe { self.pool.take_from(self.cache, self.index) }?.cast::<T>();
+        // SAFETY: the slot is ours, sized and aligned for `T` (slab::Slot).
+        unsafe { object.as_ptr().write(value) };
+        Ok(object)
+    }
+
+    /// [`PoolBox::free`] on this processor. A box of another pool goes back
+    /// to its own pool.
+    #[inline]
+    pub fn free(&self, object: PoolBox<'p, T, P, A>) {
+        if !ptr::eq(object.pool(), self.pool) {
+            return object.free(self.pin);
+        }
+        // SAFETY: the box owned a live object of this pool and gives it up.
+        unsafe { self.free_raw(object.into_raw()) }
+    }
+
+    /// [`PerCpuPool::free_raw`] on this processor.
+    ///
+    /// # Safety
+    ///
+    /// As for [`PerCpuPool::free_raw`].
+    #[inline]
+    pub unsafe fn free_raw(&self, object: NonNull<T>) {
+        // SAFETY: a live `T` the caller gives up, dropped before the slot is
+        // touched.
+        unsafe { ptr::drop_in_place(object.as_ptr()) };
+        // SAFETY: pinned to `index`, `cache` is its; the slot is free now.
+        unsafe { self.pool.put_into(self.cache, self.index, object.cast()) }
+    }
+
+    /// The pin this view was made with.
+    pub fn pin(&self) -> &G {
+        self.pin
     }
 }
 

@@ -655,6 +655,70 @@ fn odd_types_zero_sized_and_over_aligned() {
     }
 }
 
+#[test]
+fn a_local_view_serves_a_pinned_batch() {
+    let platform = HostPlatform::new(4).unwrap();
+    let pool = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 64,
+            per_cpu: 8,
+        },
+    );
+    let other = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 64,
+            per_cpu: 8,
+        },
+    );
+    pool.prepare(cpu(0)).unwrap();
+    let pin = platform.pin();
+    let local = pool.local(&pin);
+    assert_eq!(local.pin().processor(), cpu(0));
+    let batch: Vec<_> = (0..20).map(|i| local.alloc(Obj::new(i)).unwrap()).collect();
+    let raw = local.alloc_raw(Obj::new(99)).unwrap();
+    for (i, object) in batch.into_iter().enumerate() {
+        assert_eq!(object.token(), i as u64);
+        local.free(object);
+    }
+    // SAFETY: allocated above, freed once.
+    unsafe { local.free_raw(raw) };
+    // A box of another pool goes back to that pool.
+    let foreign = other.alloc(&pin, Obj::new(5)).unwrap();
+    local.free(foreign);
+    assert_accounted(&other, 0);
+    assert_accounted(&pool, 0);
+    let stats = pool.processor_stats(cpu(0)).unwrap();
+    assert_eq!((stats.allocs(), stats.frees()), (21, 21));
+    drop(pin);
+
+    // A batch on a processor without a cache goes through the depot; one whose
+    // add is aborted mid-batch keeps its cache and strands what it leaves.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            platform.bind_current_thread(cpu(2)).unwrap();
+            let pin = platform.pin();
+            let local = pool.local(&pin);
+            local.free(local.alloc(Obj::new(1)).unwrap());
+            assert_eq!(pool.stats().direct_allocs, 1);
+            pool.prepare(cpu(2)).unwrap();
+            let local = pool.local(&pin);
+            let object = local.alloc(Obj::new(2)).unwrap();
+            pool.abort(cpu(2)).unwrap();
+            local.free(object);
+            assert!(pool.stats().stranded > 0);
+            drop(local);
+            // The next operation pinned there hands them back.
+            pool.alloc(&pin, Obj::new(3)).unwrap().free(&pin);
+            assert_eq!(pool.stats().stranded, 0);
+        });
+    });
+    assert_accounted(&pool, 0);
+}
+
 // ---------------------------------------------------------------------------
 // Model-based: random operations on simulated processors against a plain model.
 
@@ -716,7 +780,12 @@ fn model_run(seed: u64, steps: usize, seen: &mut Seen) {
                 let mine = pool.processor_stats(cpu(c)).map_or(0, |s| s.cached);
                 let before = pool.stats();
                 let pin = platform.pin();
-                match pool.alloc_raw(&pin, Obj::new(next_token)) {
+                let allocated = if rng.below(2) == 0 {
+                    pool.alloc_raw(&pin, Obj::new(next_token))
+                } else {
+                    pool.local(&pin).alloc_raw(Obj::new(next_token))
+                };
+                match allocated {
                     Ok(object) => {
                         assert!(
                             addresses.insert(object.as_ptr() as usize),
@@ -745,7 +814,13 @@ fn model_run(seed: u64, steps: usize, seen: &mut Seen) {
                 platform.bind_current_thread(cpu(c)).unwrap();
                 let pin = platform.pin();
                 // SAFETY: as above; freed once.
-                unsafe { pool.free_raw(&pin, object) };
+                unsafe {
+                    if rng.below(2) == 0 {
+                        pool.free_raw(&pin, object);
+                    } else {
+                        pool.local(&pin).free_raw(object);
+                    }
+                }
             }
         }
         assert_accounted(&pool, out.len());
