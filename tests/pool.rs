@@ -710,8 +710,7 @@ fn a_local_view_serves_a_pinned_batch() {
             pool.abort(cpu(2)).unwrap();
             local.free(object);
             assert!(pool.stats().stranded > 0);
-            drop(local);
-            // The next operation pinned there hands them back.
+            // The next operation pinned there that needs the depot hands them back.
             pool.alloc(&pin, Obj::new(3)).unwrap().free(&pin);
             assert_eq!(pool.stats().stranded, 0);
         });
