@@ -27,10 +27,12 @@ const ALL: u32 = TABLE + 2;
 enum Op {
     Alloc {
         cpu: u8,
+        local: bool,
     },
     Free {
         cpu: u8,
         which: u8,
+        local: bool,
     },
     Prepare {
         cpu: u8,
@@ -124,13 +126,18 @@ fuzz_target!(|input: Input| {
                     },
                 }
             }
-            Op::Alloc { cpu: c } => {
+            Op::Alloc { cpu: c, local } => {
                 let index = cpu(c);
                 machine.bind_current_thread(index).unwrap();
                 let mine = pool.processor_stats(index).map_or(0, |s| s.cached);
                 let before = pool.stats();
                 let pin = machine.pin();
-                match pool.alloc_raw(&pin, [token; 3]) {
+                let allocated = if local {
+                    pool.local(&pin).alloc_raw([token; 3])
+                } else {
+                    pool.alloc_raw(&pin, [token; 3])
+                };
+                match allocated {
                     Ok(object) => {
                         assert!(
                             addresses.insert(object.as_ptr() as usize),
@@ -147,7 +154,11 @@ fuzz_target!(|input: Input| {
                     Err(other) => panic!("alloc: {other}"),
                 }
             }
-            Op::Free { cpu: c, which } => {
+            Op::Free {
+                cpu: c,
+                which,
+                local,
+            } => {
                 if out.is_empty() {
                     continue;
                 }
@@ -158,7 +169,13 @@ fuzz_target!(|input: Input| {
                 machine.bind_current_thread(cpu(c)).unwrap();
                 let pin = machine.pin();
                 // SAFETY: as above; freed once.
-                unsafe { pool.free_raw(&pin, object) };
+                unsafe {
+                    if local {
+                        pool.local(&pin).free_raw(object);
+                    } else {
+                        pool.free_raw(&pin, object);
+                    }
+                }
             }
         }
         check(&pool, out.len(), &phases);

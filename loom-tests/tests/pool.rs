@@ -167,11 +167,23 @@ fn abort_races_frees_on_the_failing_processor() {
         let frees = {
             let pool = pool.clone();
             thread::spawn(move || {
+                // One pinned batch: the cache is looked up once, before or
+                // after the abort hides it, and used throughout.
                 let on = pin(1);
-                free(&pool, &on, x, 1);
-                free(&pool, &on, y, 2);
-                let z = alloc(&pool, &on, 3);
-                free(&pool, &on, z, 3);
+                let local = pool.local(&on);
+                // SAFETY: handed out by this pool, checked, freed once.
+                unsafe {
+                    assert_eq!(*x.0.as_ref(), 1);
+                    local.free_raw(x.0);
+                    assert_eq!(*y.0.as_ref(), 2);
+                    local.free_raw(y.0);
+                }
+                let z = local.alloc_raw(3).unwrap();
+                // SAFETY: as above.
+                unsafe {
+                    assert_eq!(*z.as_ref(), 3);
+                    local.free_raw(z);
+                }
             })
         };
         let abort = {
