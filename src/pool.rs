@@ -19,6 +19,10 @@
 //! goes into `q`'s magazines, wherever it was allocated (completions migrate).
 //! Nothing is a lock-free list, so there is no ABA hazard anywhere.
 //!
+//! A DPC that handles a batch under one pin can take a [`LocalPool`]
+//! ([`PerCpuPool::local`]): the processor's cache is then looked up once per
+//! batch instead of once per operation.
+//!
 //! Objects live in *slabs* allocated from the pool's [`RawAlloc`] for the
 //! processor whose demand grew the pool (NUMA placement), never more than
 //! [`Limits::total`] objects in all. A processor caches at most
