@@ -98,6 +98,7 @@ mod counter;
 mod error;
 mod percpu;
 mod platform;
+mod pool;
 mod processor;
 mod queue;
 mod sync;
@@ -114,6 +115,7 @@ pub use counter::{CounterId, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
 pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
+pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};
 pub use queue::{Consumer, Drain, DrainAll, PerCpuQueue, PushError};
 

@@ -261,6 +261,37 @@ where
     /// error, or [`Error::Busy`] while another event for `index` is in flight. On
     /// error nothing is published and nothing leaks.
     pub fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+        self.prepare_with(index, &self.init)
+    }
+}
+
+impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
+    /// [`prepare`](Self::prepare) with a constructor given for this call instead
+    /// of the stored one: for containers whose values are built from state they
+    /// own next to the table (a pool's magazines come from its allocator and
+    /// shape), which a stored constructor could only reach by self-reference.
+    ///
+    /// `init` runs only if a fresh slot is built (not for a processor already
+    /// prepared or online, nor for a retired slot, which is revived as is).
+    ///
+    /// ```
+    /// use perproc::{host::HostAlloc, PerCpu, ProcessorIndex, SlotPadding};
+    /// let table = PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::Compact, |_| Ok(0u32))?;
+    /// let cpu = ProcessorIndex::new(1).unwrap();
+    /// table.prepare_with(cpu, |cpu| Ok(cpu.get() + 100))?;
+    /// table.prepare_with(cpu, |_| Err(perproc::Error::OutOfMemory))?; // not called
+    /// assert_eq!(table.get(cpu), Some(&101));
+    /// # Ok::<(), perproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`prepare`](Self::prepare), with `init`'s error in place of the
+    /// stored constructor's.
+    pub fn prepare_with(
+        &self,
+        index: ProcessorIndex,
+        init: impl FnOnce(ProcessorIndex) -> Result<T, Error>,
+    ) -> Result<(), Error> {
         let entry = self.entry(index)?;
         let word = entry.load(Ordering::Acquire);
         match word.addr() {
@@ -268,7 +299,7 @@ where
                 entry
                     .compare_exchange(word, building(), Ordering::Acquire, Ordering::Relaxed)
                     .map_err(|_| Error::Busy)?;
-                self.build(entry, index)
+                self.build(entry, index, init)
             }
             BUILDING => Err(Error::Busy),
             addr if addr & HIDDEN == 0 => {
@@ -283,7 +314,12 @@ where
     }
 
     /// Builds, links and publishes a fresh slot; `entry` is `BUILDING` and ours.
-    fn build(&self, entry: &AtomicPtr<Slot<T>>, index: ProcessorIndex) -> Result<(), Error> {
+    fn build(
+        &self,
+        entry: &AtomicPtr<Slot<T>>,
+        index: ProcessorIndex,
+        init: impl FnOnce(ProcessorIndex) -> Result<T, Error>,
+    ) -> Result<(), Error> {
         // Until disarmed, an early return (or an unwinding constructor on a host)
         // frees the block and puts the word back to ABSENT.
         let mut undo = UndoBuild {
@@ -294,7 +330,7 @@ where
         };
         let block = self.alloc.allocate(self.slot_layout, Some(index))?;
         undo.block = Some(block);
-        let value = (self.init)(index)?;
+        let value = init(index)?;
         let slot = block.cast::<Slot<T>>();
         // SAFETY: the block has `slot_layout`, which is at least the size and
         // alignment of `Slot<T>` (allocator promises 1 and 2), and no one else can

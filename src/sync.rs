@@ -59,3 +59,57 @@ impl<T: ?Sized> UnsafeCell<T> {
         f(self.0.get())
     }
 }
+
+/// The lock of slow paths that move work in batches (the pool's depot).
+///
+/// `spin`'s test-and-test-and-set lock: no allocation, no OS, usable at
+/// `DISPATCH_LEVEL`. It does not raise the IRQL itself, so it must only be taken
+/// by code that is pinned (a lock holder preempted at `PASSIVE_LEVEL` would leave
+/// a DPC on its processor spinning forever). Under `cfg(loom)` it is loom's
+/// mutex, so the models see every acquisition.
+pub(crate) struct Mutex<T> {
+    #[cfg(not(loom))]
+    inner: spin::mutex::SpinMutex<T>,
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+}
+
+/// The guard of a locked [`Mutex`].
+#[cfg(not(loom))]
+pub(crate) type MutexGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T>;
+/// The guard of a locked [`Mutex`].
+#[cfg(loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            #[cfg(not(loom))]
+            inner: spin::mutex::SpinMutex::new(value),
+            #[cfg(loom)]
+            inner: loom::sync::Mutex::new(value),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        #[cfg(not(loom))]
+        return self.inner.lock();
+        // Nothing panics while holding it, so it is never poisoned; take it anyway.
+        #[cfg(loom)]
+        return match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        #[cfg(not(loom))]
+        return self.inner.get_mut();
+        #[cfg(loom)]
+        return match self.inner.get_mut() {
+            Ok(value) => value,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+    }
+}
