@@ -68,6 +68,19 @@ pub enum SlotState {
     Busy,
 }
 
+impl SlotState {
+    /// Whether readers see the processor's value (prepared or online).
+    ///
+    /// ```
+    /// use perproc::SlotState;
+    /// assert!(SlotState::Prepared.is_published() && SlotState::Online.is_published());
+    /// assert!(!SlotState::Retired.is_published() && !SlotState::Absent.is_published());
+    /// ```
+    pub const fn is_published(self) -> bool {
+        matches!(self, SlotState::Prepared | SlotState::Online)
+    }
+}
+
 // Table words that are not slot pointers. Slots are aligned to at least 8, so a
 // pointer never has these bits set; a set HIDDEN bit means "no visible slot".
 const HIDDEN: usize = 0b01;
