@@ -214,7 +214,8 @@ impl Drop for HostGuard<'_> {
 // thread owns the index's OCCUPANCY word (taken with an acquire CAS, released by
 // the last nested guard's drop), so no other thread holds a guard for it.
 // 3. the PhantomData of a raw pointer makes it neither Send nor Sync. 4. the host
-// has no interrupts.
+// has no interrupts. 5. the claim is taken with an acquire CAS and given back with
+// a release store, so each holder of an index happens-before the next.
 unsafe impl PinGuard for HostGuard<'_> {
     #[inline(always)]
     fn processor(&self) -> ProcessorIndex {

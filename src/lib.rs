@@ -12,6 +12,10 @@
 //!   copying or locking, read in one acquire load;
 //! - [`Component`] and [`Components`]: the two-phase add (prepare, commit, abort)
 //!   with rollback across a driver's several per-CPU structures;
+//! - [`PerCpuQueue<T>`]: a bounded queue per processor, filled by its own
+//!   processor without an interlocked instruction, drained by any processor,
+//!   nothing lost across a hot-add or an abort; [`PerCpuCounters`]: statistics
+//!   added to locally without an interlocked instruction and summed over all;
 //! - the seams a platform fills in: [`Platform`] (current processor, pinning,
 //!   maximum count), [`RawAlloc`] (fallible, alignment-honouring, NUMA-placed
 //!   memory). The `perproc-wdk` crate fills them with kernel calls; [`host`]
@@ -84,15 +88,19 @@
     missing_docs
 )]
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", loom))]
 extern crate std;
 
 mod allocator;
 mod change;
+#[cfg(target_has_atomic = "64")]
+mod counter;
 mod error;
 mod percpu;
 mod platform;
+mod pool;
 mod processor;
+mod queue;
 mod sync;
 
 #[cfg(feature = "host")]
@@ -102,10 +110,14 @@ pub mod testing;
 
 pub use allocator::{AllocError, RawAlloc};
 pub use change::{ChangeState, Component, Components, ProcessorChange};
+#[cfg(target_has_atomic = "64")]
+pub use counter::{CounterId, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
 pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
+pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};
+pub use queue::{Consumer, Drain, DrainAll, PerCpuQueue, PushError};
 
 /// The README's example, compiled and run as a doctest so it cannot rot.
 #[cfg(doctest)]

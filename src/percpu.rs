@@ -68,6 +68,19 @@ pub enum SlotState {
     Busy,
 }
 
+impl SlotState {
+    /// Whether readers see the processor's value (prepared or online).
+    ///
+    /// ```
+    /// use perproc::SlotState;
+    /// assert!(SlotState::Prepared.is_published() && SlotState::Online.is_published());
+    /// assert!(!SlotState::Retired.is_published() && !SlotState::Absent.is_published());
+    /// ```
+    pub const fn is_published(self) -> bool {
+        matches!(self, SlotState::Prepared | SlotState::Online)
+    }
+}
+
 // Table words that are not slot pointers. Slots are aligned to at least 8, so a
 // pointer never has these bits set; a set HIDDEN bit means "no visible slot".
 const HIDDEN: usize = 0b01;
@@ -278,6 +291,37 @@ where
     /// error, or [`Error::Busy`] while another event for `index` is in flight. On
     /// error nothing is published and nothing leaks.
     pub fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+        self.prepare_with(index, &self.init)
+    }
+}
+
+impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
+    /// [`prepare`](Self::prepare) with a constructor given for this call instead
+    /// of the stored one: for containers whose values are built from state they
+    /// own next to the table (a pool's magazines come from its allocator and
+    /// shape), which a stored constructor could only reach by self-reference.
+    ///
+    /// `init` runs only if a fresh slot is built (not for a processor already
+    /// prepared or online, nor for a retired slot, which is revived as is).
+    ///
+    /// ```
+    /// use perproc::{host::HostAlloc, PerCpu, ProcessorIndex, SlotPadding};
+    /// let table = PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::Compact, |_| Ok(0u32))?;
+    /// let cpu = ProcessorIndex::new(1).unwrap();
+    /// table.prepare_with(cpu, |cpu| Ok(cpu.get() + 100))?;
+    /// table.prepare_with(cpu, |_| Err(perproc::Error::OutOfMemory))?; // not called
+    /// assert_eq!(table.get(cpu), Some(&101));
+    /// # Ok::<(), perproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`prepare`](Self::prepare), with `init`'s error in place of the
+    /// stored constructor's.
+    pub fn prepare_with(
+        &self,
+        index: ProcessorIndex,
+        init: impl FnOnce(ProcessorIndex) -> Result<T, Error>,
+    ) -> Result<(), Error> {
         let entry = self.entry(index)?;
         let word = entry.load(Ordering::Acquire);
         match word.addr() {
@@ -285,7 +329,7 @@ where
                 entry
                     .compare_exchange(word, building(), Ordering::Acquire, Ordering::Relaxed)
                     .map_err(|_| Error::Busy)?;
-                self.build(entry, index)
+                self.build(entry, index, init)
             }
             BUILDING => Err(Error::Busy),
             addr if addr & HIDDEN == 0 => {
@@ -300,7 +344,12 @@ where
     }
 
     /// Builds, links and publishes a fresh slot; `entry` is `BUILDING` and ours.
-    fn build(&self, entry: &AtomicPtr<Slot<T>>, index: ProcessorIndex) -> Result<(), Error> {
+    fn build(
+        &self,
+        entry: &AtomicPtr<Slot<T>>,
+        index: ProcessorIndex,
+        init: impl FnOnce(ProcessorIndex) -> Result<T, Error>,
+    ) -> Result<(), Error> {
         // Until disarmed, an early return (or an unwinding constructor on a host)
         // frees the block and puts the word back to ABSENT.
         let mut undo = UndoBuild {
@@ -311,7 +360,7 @@ where
         };
         let block = self.alloc.allocate(self.slot_layout, Some(index))?;
         undo.block = Some(block);
-        let value = (self.init)(index)?;
+        let value = init(index)?;
         let slot = block.cast::<Slot<T>>();
         // SAFETY: the block has `slot_layout`, which is at least the size and
         // alignment of `Slot<T>` (allocator promises 1 and 2), and no one else can
@@ -551,6 +600,13 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     /// The bytes each slot takes (`T`, its state and its link, padded).
     pub fn slot_size(&self) -> usize {
         self.slot_layout.size()
+    }
+
+    /// The allocator the container allocates its slots from, for containers built
+    /// on `PerCpu` that keep more per-processor memory (a queue's ring), so it is
+    /// placed and accounted the same way.
+    pub fn allocator(&self) -> &A {
+        &self.alloc
     }
 
     /// The table's word for `index`, or the out-of-range error.

@@ -22,7 +22,13 @@ use crate::{ProcessorIndex, RawAlloc};
 ///    thread;
 /// 4. nothing that runs on the processor while the guard is alive and that is
 ///    not under the same guard uses the library's per-processor state (on Windows:
-///    ISRs above `DISPATCH_LEVEL` do not call into the library).
+///    ISRs above `DISPATCH_LEVEL` do not call into the library);
+/// 5. successive guards for one index are ordered: everything done under a
+///    guard happens-before everything done under the next guard for that index,
+///    on whatever thread (host: the release and acquire on the processor's claim;
+///    Windows: one processor's program order, with a context switch between
+///    threads). This is what lets plain writes to per-processor state made by one
+///    thread be read by the next thread pinned there.
 pub unsafe trait PinGuard {
     /// The processor the caller is pinned to.
     fn processor(&self) -> ProcessorIndex;
@@ -60,4 +66,34 @@ pub trait Platform {
 
     /// The allocator for containers of this platform.
     fn allocator(&self) -> Self::Alloc;
+}
+
+/// A borrowed platform is a platform, so a container can keep `&platform`
+/// (for example to pin in a handle's `Drop`) when the platform is not `Copy`.
+impl<P: Platform + ?Sized> Platform for &P {
+    type Alloc = P::Alloc;
+    type Guard<'a>
+        = P::Guard<'a>
+    where
+        Self: 'a;
+
+    #[inline]
+    fn max_processors(&self) -> u32 {
+        (**self).max_processors()
+    }
+
+    #[inline]
+    fn current_processor(&self) -> ProcessorIndex {
+        (**self).current_processor()
+    }
+
+    #[inline]
+    fn pin(&self) -> Self::Guard<'_> {
+        (**self).pin()
+    }
+
+    #[inline]
+    fn allocator(&self) -> Self::Alloc {
+        (**self).allocator()
+    }
 }

@@ -6,9 +6,17 @@
 //! Elsewhere they are `core`'s, with the same small API.
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize};
+
+// 64-bit counters need 64-bit atomic loads and stores (every Windows target has
+// them: x86 through cmpxchg8b/SSE, x64, arm64); the counter module is built only
+// where they exist.
+#[cfg(all(not(loom), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
+#[cfg(all(loom, target_has_atomic = "64"))]
+pub(crate) use loom::sync::atomic::AtomicU64;
 
 pub(crate) use core::sync::atomic::Ordering;
 
@@ -49,5 +57,59 @@ impl<T: ?Sized> UnsafeCell<T> {
     #[allow(dead_code)] // used by the containers that mutate per-processor state
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         f(self.0.get())
+    }
+}
+
+/// The lock of slow paths that move work in batches (the pool's depot).
+///
+/// `spin`'s test-and-test-and-set lock: no allocation, no OS, usable at
+/// `DISPATCH_LEVEL`. It does not raise the IRQL itself, so it must only be taken
+/// by code that is pinned (a lock holder preempted at `PASSIVE_LEVEL` would leave
+/// a DPC on its processor spinning forever). Under `cfg(loom)` it is loom's
+/// mutex, so the models see every acquisition.
+pub(crate) struct Mutex<T> {
+    #[cfg(not(loom))]
+    inner: spin::mutex::SpinMutex<T>,
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+}
+
+/// The guard of a locked [`Mutex`].
+#[cfg(not(loom))]
+pub(crate) type MutexGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T>;
+/// The guard of a locked [`Mutex`].
+#[cfg(loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            #[cfg(not(loom))]
+            inner: spin::mutex::SpinMutex::new(value),
+            #[cfg(loom)]
+            inner: loom::sync::Mutex::new(value),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        #[cfg(not(loom))]
+        return self.inner.lock();
+        // Nothing panics while holding it, so it is never poisoned; take it anyway.
+        #[cfg(loom)]
+        return match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        #[cfg(not(loom))]
+        return self.inner.get_mut();
+        #[cfg(loom)]
+        return match self.inner.get_mut() {
+            Ok(value) => value,
+            Err(poisoned) => poisoned.into_inner(),
+        };
     }
 }
