@@ -188,6 +188,39 @@ fn counters(c: &mut Criterion) {
                 })
             })
         });
+        group.bench_function(BenchmarkId::new("perproc_local", threads), |b| {
+            b.iter_custom(|iters| {
+                on_threads(&platform, threads, iters, &|_, iters| {
+                    // A DPC's batch: the block looked up once under the pin.
+                    let pin = platform.pin();
+                    let local = stats.local(&pin);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        local.add(ADDS, black_box(1));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("plain_per_thread_heap", threads), |b| {
+            b.iter_custom(|iters| {
+                on_threads(&platform, threads, iters, &|_, iters| {
+                    // The thread's own counter in memory it owns off the stack,
+                    // where a driver keeps per-thread or per-device state (a
+                    // stack slot can be renamed by the core; see BENCHMARKS.md).
+                    let mut count = Box::new(0u64);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        *black_box(&mut *count) += black_box(1);
+                    }
+                    let elapsed = start.elapsed();
+                    black_box(&count);
+                    elapsed
+                })
+            })
+        });
         group.bench_function(BenchmarkId::new("plain_per_thread", threads), |b| {
             b.iter_custom(|iters| {
                 on_threads(&platform, threads, iters, &|_, iters| {

@@ -111,7 +111,7 @@ pub mod testing;
 pub use allocator::{AllocError, RawAlloc};
 pub use change::{ChangeState, Component, Components, ProcessorChange};
 #[cfg(target_has_atomic = "64")]
-pub use counter::{CounterId, PerCpuCounter, PerCpuCounters};
+pub use counter::{CounterId, LocalCounters, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
 pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinGuard, Platform};
