@@ -117,8 +117,12 @@ def queue():
             ("queue_pair", "perproc_held_consumer", "spin_mutex_vecdeque", "pair, push + held `Consumer::pop`", "<= 0.5x"),
             ("queue_batch32", "spin_mutex_vecdeque", "spin_mutex_vecdeque", "batch of 32, global `spin::Mutex<VecDeque>`", ""),
             ("queue_batch32", "perproc", "spin_mutex_vecdeque", "batch of 32, perproc", ""),
-            ("counter_add", "plain_per_thread", "plain_per_thread", "counter add, plain per-thread `u64`", ""),
-            ("counter_add", "perproc", "plain_per_thread", "counter add, `PerCpuCounters`", "<= 1.5x")]
+            ("counter_add", "plain_per_thread", "plain_per_thread", "counter add, plain per-thread `u64` on the stack", ""),
+            ("counter_add", "perproc", "plain_per_thread", "counter add, `PerCpuCounters::add`", "<= 1.5x"),
+            ("counter_add", "perproc_local", "plain_per_thread", "counter add, `LocalCounters::add` (block looked up once)", "<= 1.5x"),
+            ("counter_add", "plain_per_thread_heap", "plain_per_thread_heap", "counter add, plain per-thread `u64` off the stack", ""),
+            ("counter_add", "perproc", "plain_per_thread_heap", "counter add, `PerCpuCounters::add` / off-stack", "<= 1.5x"),
+            ("counter_add", "perproc_local", "plain_per_thread_heap", "counter add, `LocalCounters::add` / off-stack", "<= 1.5x")]
     for group, v, base, label, target in rows:
         t = [median(group, v, n) for n in ["1", "2"]]
         b = [median(group, base, n) for n in ["1", "2"]]

@@ -12,6 +12,9 @@
 //!   copying or locking, read in one acquire load;
 //! - [`Component`] and [`Components`]: the two-phase add (prepare, commit, abort)
 //!   with rollback across a driver's several per-CPU structures;
+//! - [`PerCpuPool<T>`]: an object pool with a magazine cache per processor over
+//!   a shared depot (Bonwick), allocating and freeing on the pinned processor
+//!   without a lock or an interlocked instruction, frees from any processor;
 //! - [`PerCpuQueue<T>`]: a bounded queue per processor, filled by its own
 //!   processor without an interlocked instruction, drained by any processor,
 //!   nothing lost across a hot-add or an abort; [`PerCpuCounters`]: statistics
