@@ -8,28 +8,11 @@
 //! `cargo run --release --example memory` (`--quick` is accepted and changes
 //! nothing: it is fast). `tests/memory.rs` asserts the same figures.
 
-use perproc::host::HostAlloc;
-use perproc::testing::CountingAlloc;
-use perproc::{Error, PerCpu, ProcessorIndex, SlotPadding, CACHE_LINE};
+#[path = "../tests/common/footprint.rs"]
+mod shared;
 
-/// Live bytes and blocks of a container of `capacity` with `present` processors
-/// prepared, and its slot size.
-fn footprint<T: Default>(
-    capacity: usize,
-    present: usize,
-    padding: SlotPadding,
-) -> Result<(usize, usize, usize), Error> {
-    let counting = CountingAlloc::new(HostAlloc);
-    let table = PerCpu::with_capacity_in(capacity, &counting, padding, |_| Ok(T::default()))?;
-    for i in 0..present {
-        table.prepare(ProcessorIndex::from_usize(i).ok_or(Error::CapacityOverflow)?)?;
-    }
-    Ok((
-        counting.live_bytes(),
-        counting.live_blocks(),
-        table.slot_size(),
-    ))
-}
+use perproc::{Error, SlotPadding, CACHE_LINE};
+use shared::{footprint, Bytes, Words};
 
 fn row<T: Default>(name: &str, padding: SlotPadding) -> Result<(), Error> {
     const SMALL: usize = 1024;
@@ -80,24 +63,4 @@ fn main() -> Result<(), Error> {
         core::mem::size_of::<crossbeam_utils::CachePadded<Stats>>()
     );
     Ok(())
-}
-
-/// `N` bytes, byte-aligned.
-#[allow(dead_code)]
-struct Bytes<const N: usize>([u8; N]);
-
-impl<const N: usize> Default for Bytes<N> {
-    fn default() -> Self {
-        Self([0; N])
-    }
-}
-
-/// `N` words, word-aligned.
-#[allow(dead_code)]
-struct Words<const N: usize>([u64; N]);
-
-impl<const N: usize> Default for Words<N> {
-    fn default() -> Self {
-        Self([0; N])
-    }
 }

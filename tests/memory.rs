@@ -3,35 +3,21 @@
 //! one slot, and a cache-line-padded slot is a whole number of cache lines.
 //! `examples/memory.rs` prints the same figures.
 
-use perproc::host::HostAlloc;
-use perproc::testing::CountingAlloc;
-use perproc::{PerCpu, ProcessorIndex, SlotPadding, CACHE_LINE};
+#[path = "common/footprint.rs"]
+mod shared;
+
+use perproc::{SlotPadding, CACHE_LINE};
+use shared::{Bytes, Words};
 
 const POINTER: usize = core::mem::size_of::<*const u8>();
 
-/// Live bytes and blocks of a container of `capacity` with `present`
-/// processors prepared; and its slot size.
+/// The measurement, unwrapped.
 fn footprint<T: Default>(
     capacity: usize,
     present: usize,
     padding: SlotPadding,
 ) -> (usize, usize, usize) {
-    let counting = CountingAlloc::new(HostAlloc);
-    let table =
-        PerCpu::with_capacity_in(capacity, &counting, padding, |_| Ok(T::default())).unwrap();
-    for i in 0..present {
-        table
-            .prepare(ProcessorIndex::from_usize(i).unwrap())
-            .unwrap();
-    }
-    let measured = (
-        counting.live_bytes(),
-        counting.live_blocks(),
-        table.slot_size(),
-    );
-    drop(table);
-    assert_eq!((counting.live_bytes(), counting.live_blocks()), (0, 0));
-    measured
+    shared::footprint::<T>(capacity, present, padding).unwrap()
 }
 
 fn absent_costs_one_pointer<T: Default>(padding: SlotPadding) {
@@ -90,24 +76,4 @@ fn a_compact_slot_adds_two_words_to_its_value() {
         present_costs_one_slot::<Words<8>>(SlotPadding::Compact),
         64 + 2 * POINTER
     );
-}
-
-/// `N` bytes, byte-aligned.
-#[allow(dead_code)]
-struct Bytes<const N: usize>([u8; N]);
-
-impl<const N: usize> Default for Bytes<N> {
-    fn default() -> Self {
-        Self([0; N])
-    }
-}
-
-/// `N` words, word-aligned.
-#[allow(dead_code)]
-struct Words<const N: usize>([u64; N]);
-
-impl<const N: usize> Default for Words<N> {
-    fn default() -> Self {
-        Self([0; N])
-    }
 }
