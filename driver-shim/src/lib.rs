@@ -73,6 +73,7 @@ pub mod sys;
 
 mod callback;
 mod platform;
+mod pool_alloc;
 mod registration;
 pub mod seed;
 mod slot;
@@ -82,7 +83,8 @@ mod status;
 pub mod sim;
 
 pub use callback::{decode, decode_checked, dispatch, Rejected};
-pub use platform::{pool_tag, DispatchGuard, KernelPlatform, PoolAlloc, POOL_ALIGNMENT};
+pub use platform::{DispatchGuard, KernelPlatform};
+pub use pool_alloc::{pool_tag, PoolAlloc, POOL_ALIGNMENT};
 pub use registration::{RegisterError, Registration, Replay};
 pub use slot::DriverSlot;
 pub use status::{nt_success, status_of};

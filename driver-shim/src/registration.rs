@@ -12,7 +12,7 @@ use core::sync::atomic::Ordering;
 use perproc::{Component, RawAlloc};
 
 use crate::callback::{on_processor_change, CallbackContext};
-use crate::platform::PoolAlloc;
+use crate::pool_alloc::PoolAlloc;
 use crate::sys::{
     KeDeregisterProcessorChangeCallback, KeRegisterProcessorChangeCallback, ADD_EXISTING, NTSTATUS,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, STATUS_UNSUCCESSFUL,

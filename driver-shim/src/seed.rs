@@ -31,7 +31,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use perproc::{Component, Components, Error, PerCpu, Platform, ProcessorIndex};
 
-use crate::platform::{pool_tag, KernelPlatform, PoolAlloc};
+use crate::platform::KernelPlatform;
+use crate::pool_alloc::{pool_tag, PoolAlloc};
 use crate::registration::Registration;
 use crate::slot::DriverSlot;
 use crate::status::status_of;

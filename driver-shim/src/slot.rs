@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use perproc::RawAlloc;
 
-use crate::platform::PoolAlloc;
+use crate::pool_alloc::PoolAlloc;
 use crate::sys::{NTSTATUS, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_STATE};
 
 struct Stored<T> {
