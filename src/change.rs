@@ -7,38 +7,27 @@
 //! Then either `AddComplete` (each component *commits*, which cannot fail) or
 //! `AddFailure` (each component *aborts*, giving back what the prepare took).
 //!
-//! [`Components`] runs a driver's several per-CPU structures through that
-//! protocol as one: a Start that fails in one component rolls back the ones
-//! before it and reports one error, the status the shim hands to the kernel.
+//! One vocabulary throughout: the kernel's **AddStart**, **AddComplete** and
+//! **AddFailure** are [`Component::prepare`], [`Component::commit`] and
+//! [`Component::abort`], in the trait, in every container and in the shim.
+//!
+//! A driver's several per-CPU structures go through that protocol as one set:
+//! a tuple or an array of components is a component (so is a reference to
+//! one), and [`components!`](crate::components) makes a driver's own struct one
+//! by naming its fields. A set prepares its parts in order; when one fails, it
+//! aborts the parts *this call* prepared (newest first) and reports that one
+//! error, the status the shim hands to the kernel.
 
 use crate::{Error, ProcessorIndex, ProcessorNumber};
-
-/// Something with per-processor state that takes part in hot-add.
-///
-/// The contract every implementation keeps (the containers of this crate do):
-/// - `prepare` publishes everything code on the processor needs, or fails
-///   leaving nothing published and nothing leaked;
-/// - `commit` is O(1) and cannot fail for a prepared processor;
-/// - `abort` is idempotent and accepts a processor that was never prepared or
-///   whose prepare failed;
-/// - events for different processors may arrive at once, on any threads.
-pub trait Component: Sync {
-    /// AddStart for `index`.
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error>;
-    /// AddComplete for `index`.
-    fn commit(&self, index: ProcessorIndex) -> Result<(), Error>;
-    /// AddFailure for `index`, or the rollback of a Start that failed later on.
-    fn abort(&self, index: ProcessorIndex) -> Result<(), Error>;
-}
 
 /// The phase of a processor add (Windows' `KE_PROCESSOR_CHANGE_NOTIFY_STATE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeState {
-    /// `KeProcessorAddStartNotify`: prepare.
+    /// `KeProcessorAddStartNotify`: [`Component::prepare`].
     AddStart,
-    /// `KeProcessorAddCompleteNotify`: commit.
+    /// `KeProcessorAddCompleteNotify`: [`Component::commit`].
     AddComplete,
-    /// `KeProcessorAddFailureNotify`: abort; `status` says why the add failed.
+    /// `KeProcessorAddFailureNotify`: [`Component::abort`]; `status` says why the add failed.
     AddFailure {
         /// The kernel's reason (an `NTSTATUS` on Windows).
         status: i32,
@@ -56,107 +45,278 @@ pub struct ProcessorChange {
     pub number: ProcessorNumber,
 }
 
-/// A driver's per-CPU components, dispatched as one. Fixed size, no allocation.
-///
-/// ```
-/// use perproc::{host::HostAlloc, Components, PerCpu, ProcessorIndex, SlotPadding, SlotState};
-///
-/// let queues = PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::CacheLine, |_| Ok([0u8; 64]))?;
-/// // A component whose constructor refuses processor 3.
-/// let stats = PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::CacheLine, |cpu| {
-///     if cpu.get() == 3 { Err(perproc::Error::OutOfMemory) } else { Ok(0u64) }
-/// })?;
-/// let set = Components::new([&queues, &stats]);
-///
-/// let cpu2 = ProcessorIndex::new(2).unwrap();
-/// set.start(cpu2)?;
-/// set.complete(cpu2)?;
-/// assert_eq!(queues.state(cpu2), SlotState::Online);
-///
-/// // Start for 3 fails in `stats`: `queues` is rolled back, one error comes out.
-/// let cpu3 = ProcessorIndex::new(3).unwrap();
-/// assert_eq!(set.start(cpu3), Err(perproc::Error::OutOfMemory));
-/// assert!(queues.get(cpu3).is_none());
-/// set.fail(cpu3)?; // the kernel's AddFailure that follows is harmless
-/// # Ok::<(), perproc::Error>(())
-/// ```
-pub struct Components<'a, const N: usize> {
-    parts: [&'a dyn Component; N],
+/// What a successful [`Component::prepare`] did.
+#[must_use = "a set rolls back only what its own call prepared"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// This call built or revived the processor's state (so a rollback of this
+    /// call should abort it).
+    New,
+    /// The processor was already prepared or online; this call changed nothing
+    /// (so a rollback of this call must leave it alone).
+    Already,
 }
 
-impl<'a, const N: usize> Components<'a, N> {
-    /// The set, prepared in this order (and rolled back in reverse).
-    pub const fn new(parts: [&'a dyn Component; N]) -> Self {
-        Self { parts }
+impl Prepared {
+    /// `New` if either is.
+    pub const fn or(self, other: Prepared) -> Prepared {
+        match (self, other) {
+            (Prepared::Already, Prepared::Already) => Prepared::Already,
+            _ => Prepared::New,
+        }
+    }
+}
+
+/// Something with per-processor state that takes part in hot-add.
+///
+/// The contract every implementation keeps (the containers of this crate do):
+/// - `prepare` (AddStart) publishes everything code on the processor needs, or
+///   fails leaving nothing published and nothing leaked; it is idempotent and
+///   says whether it did anything ([`Prepared`]);
+/// - `commit` (AddComplete) is O(1) and cannot fail for a prepared processor;
+/// - `abort` (AddFailure, or the rollback of a prepare that failed further on)
+///   is idempotent and accepts a processor that was never prepared or whose
+///   prepare failed;
+/// - events for different processors may arrive at once, on any threads;
+///   events for one processor at once get [`Error::Busy`], never undefined
+///   behaviour.
+///
+/// Sets need no code: tuples (up to 12), arrays and references are components.
+///
+/// ```
+/// use perproc::{host::HostPlatform, Component, PerCpu, ProcessorIndex, SlotState};
+///
+/// let platform = HostPlatform::new(4)?;
+/// let queues = PerCpu::new(&platform, |_| Ok([0u8; 64]))?;
+/// // A component whose constructor refuses processor 3.
+/// let stats = PerCpu::new(&platform, |cpu| {
+///     if cpu.get() == 3 { Err(perproc::Error::OutOfMemory) } else { Ok(0u64) }
+/// })?;
+/// let set = (&queues, &stats);
+///
+/// let cpu2 = ProcessorIndex::new(2).unwrap();
+/// set.prepare(cpu2)?;
+/// set.commit(cpu2)?;
+/// assert_eq!(queues.state(cpu2), SlotState::Online);
+///
+/// // AddStart for 3 fails in `stats`: `queues` is rolled back, one error comes out.
+/// let cpu3 = ProcessorIndex::new(3).unwrap();
+/// assert_eq!(set.prepare(cpu3), Err(perproc::Error::OutOfMemory));
+/// assert!(queues.get(cpu3).is_none());
+/// set.abort(cpu3)?; // the kernel's AddFailure that may follow is harmless
+/// # Ok::<(), perproc::Error>(())
+/// ```
+pub trait Component: Sync {
+    /// AddStart for `index`: allocate and publish.
+    ///
+    /// # Errors
+    /// Why the processor cannot run this component's code; nothing is published
+    /// then.
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error>;
+
+    /// AddComplete for `index`: O(1), cannot fail for a prepared processor.
+    ///
+    /// # Errors
+    /// A protocol error (for example [`Error::NotPrepared`]); nothing changes.
+    fn commit(&self, index: ProcessorIndex) -> Result<(), Error>;
+
+    /// AddFailure for `index`, or the rollback of a prepare that failed later.
+    ///
+    /// # Errors
+    /// A protocol error (for example [`Error::AlreadyOnline`]); nothing changes.
+    fn abort(&self, index: ProcessorIndex) -> Result<(), Error>;
+
+    /// Dispatches one notification: AddStart to `prepare`, AddComplete to
+    /// `commit`, AddFailure to `abort`.
+    ///
+    /// # Errors
+    /// What the event's method returned.
+    fn handle(&self, change: &ProcessorChange) -> Result<(), Error> {
+        match change.state {
+            ChangeState::AddStart => self.prepare(change.index).map(|_| ()),
+            ChangeState::AddComplete => self.commit(change.index),
+            ChangeState::AddFailure { .. } => self.abort(change.index),
+        }
+    }
+}
+
+impl<C: Component + ?Sized> Component for &C {
+    #[inline]
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
+        (**self).prepare(index)
     }
 
-    /// AddStart: prepares every component in order. If one fails, aborts the
-    /// ones before it (newest first) and returns that component's error; nothing
-    /// stays published for `index` then.
-    pub fn start(&self, index: ProcessorIndex) -> Result<(), Error> {
-        for (done, part) in self.parts.iter().enumerate() {
-            if let Err(error) = part.prepare(index) {
-                for earlier in self.parts.iter().take(done).rev() {
-                    // A prepared part aborts without error; anything else it could
-                    // say (busy with a concurrent event) leaves it as it was.
-                    let _ = earlier.abort(index);
+    #[inline]
+    fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
+        (**self).commit(index)
+    }
+
+    #[inline]
+    fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
+        (**self).abort(index)
+    }
+}
+
+/// Prepares `parts` in order; on a failure aborts, newest first, the parts this
+/// call prepared, and returns that failure.
+fn prepare_all<const N: usize>(
+    parts: [&dyn Component; N],
+    index: ProcessorIndex,
+) -> Result<Prepared, Error> {
+    let mut done = [Prepared::Already; N];
+    for (at, part) in parts.iter().enumerate() {
+        match part.prepare(index) {
+            Ok(prepared) => {
+                if let Some(slot) = done.get_mut(at) {
+                    *slot = prepared;
+                }
+            }
+            Err(error) => {
+                for (earlier, prepared) in parts.iter().zip(done).take(at).rev() {
+                    if prepared == Prepared::New {
+                        // A part this call prepared aborts without error;
+                        // anything else it could say (busy with a concurrent
+                        // event) leaves it as it was.
+                        let _ = earlier.abort(index);
+                    }
                 }
                 return Err(error);
             }
         }
-        Ok(())
     }
-
-    /// AddComplete: commits every component. All are committed even if one
-    /// reports an error (a protocol error such as Complete without Start); the
-    /// first error is returned.
-    pub fn complete(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.each(|part| part.commit(index))
-    }
-
-    /// AddFailure: aborts every component, whatever each prepared. The first
-    /// error (for example [`Error::AlreadyOnline`]) is returned after all ran.
-    pub fn fail(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.each(|part| part.abort(index))
-    }
-
-    /// Dispatches one notification.
-    pub fn handle(&self, change: &ProcessorChange) -> Result<(), Error> {
-        match change.state {
-            ChangeState::AddStart => self.start(change.index),
-            ChangeState::AddComplete => self.complete(change.index),
-            ChangeState::AddFailure { .. } => self.fail(change.index),
-        }
-    }
-
-    /// The components, in preparation order.
-    pub fn parts(&self) -> &[&'a dyn Component; N] {
-        &self.parts
-    }
-
-    fn each(&self, mut op: impl FnMut(&dyn Component) -> Result<(), Error>) -> Result<(), Error> {
-        let mut first = Ok(());
-        for part in self.parts {
-            let result = op(part);
-            if first.is_ok() {
-                first = result;
-            }
-        }
-        first
-    }
+    Ok(done.iter().fold(Prepared::Already, |all, one| all.or(*one)))
 }
 
-/// A set is itself a component, so sets nest.
-impl<const N: usize> Component for Components<'_, N> {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.start(index)
+/// Commits every part (all of them, even after an error); the first error.
+fn commit_all<const N: usize>(
+    parts: [&dyn Component; N],
+    index: ProcessorIndex,
+) -> Result<(), Error> {
+    first_error(parts.iter().map(|part| part.commit(index)))
+}
+
+/// Aborts every part, newest first (all of them, even after an error); the
+/// first error.
+fn abort_all<const N: usize>(
+    parts: [&dyn Component; N],
+    index: ProcessorIndex,
+) -> Result<(), Error> {
+    first_error(parts.iter().rev().map(|part| part.abort(index)))
+}
+
+/// A component as a trait object (an unsizing coercion, not an `as` cast).
+fn dynamic<C: Component>(part: &C) -> &dyn Component {
+    part
+}
+
+fn first_error(results: impl Iterator<Item = Result<(), Error>>) -> Result<(), Error> {
+    let mut first = Ok(());
+    for result in results {
+        if first.is_ok() {
+            first = result;
+        }
+    }
+    first
+}
+
+/// An array of components is a set: prepared in index order, rolled back and
+/// aborted in reverse.
+impl<C: Component, const N: usize> Component for [C; N] {
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
+        prepare_all(self.each_ref().map(dynamic), index)
     }
 
     fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.complete(index)
+        commit_all(self.each_ref().map(dynamic), index)
     }
 
     fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.fail(index)
+        abort_all(self.each_ref().map(dynamic), index)
     }
+}
+
+macro_rules! tuple_component {
+    ($($part:ident $at:tt),+) => {
+        /// A tuple of components is a set: prepared left to right, rolled back
+        /// and aborted right to left.
+        impl<$($part: Component),+> Component for ($($part,)+) {
+            fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
+                prepare_all([$(dynamic(&self.$at)),+], index)
+            }
+
+            fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
+                commit_all([$(dynamic(&self.$at)),+], index)
+            }
+
+            fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
+                abort_all([$(dynamic(&self.$at)),+], index)
+            }
+        }
+    };
+}
+
+tuple_component!(A 0);
+tuple_component!(A 0, B 1);
+tuple_component!(A 0, B 1, C 2);
+tuple_component!(A 0, B 1, C 2, D 3);
+tuple_component!(A 0, B 1, C 2, D 3, E 4);
+tuple_component!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_component!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_component!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+tuple_component!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+tuple_component!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
+tuple_component!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10);
+tuple_component!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
+
+/// Makes a driver's struct a [`Component`] by naming the fields that are:
+/// they are prepared in the order given (and rolled back in reverse), exactly
+/// as a tuple of them would be. Fields not named (the platform, plain
+/// configuration) take no part.
+///
+/// ```
+/// use core::sync::atomic::AtomicU64;
+/// use perproc::host::HostPlatform;
+/// use perproc::{Component, InitFn, PerCpu, ProcessorIndex};
+///
+/// struct Driver {
+///     platform: HostPlatform,
+///     hits: PerCpu<AtomicU64, HostPlatform>,
+///     bytes: PerCpu<AtomicU64, HostPlatform>,
+/// }
+/// perproc::components!(Driver => hits, bytes);
+///
+/// let platform = HostPlatform::new(4)?;
+/// let zero: InitFn<AtomicU64> = |_| Ok(AtomicU64::new(0));
+/// let driver = Driver { platform, hits: PerCpu::new(&platform, zero)?, bytes: PerCpu::new(&platform, zero)? };
+/// let _ = driver.prepare(ProcessorIndex::ZERO)?;
+/// driver.commit(ProcessorIndex::ZERO)?;
+/// assert_eq!(driver.bytes.online_count(), 1);
+/// # Ok::<(), perproc::Error>(())
+/// ```
+#[macro_export]
+macro_rules! components {
+    ($driver:ty => $($field:ident),+ $(,)?) => {
+        impl $crate::Component for $driver {
+            fn prepare(
+                &self,
+                index: $crate::ProcessorIndex,
+            ) -> ::core::result::Result<$crate::Prepared, $crate::Error> {
+                $crate::Component::prepare(&($(&self.$field,)+), index)
+            }
+
+            fn commit(
+                &self,
+                index: $crate::ProcessorIndex,
+            ) -> ::core::result::Result<(), $crate::Error> {
+                $crate::Component::commit(&($(&self.$field,)+), index)
+            }
+
+            fn abort(
+                &self,
+                index: $crate::ProcessorIndex,
+            ) -> ::core::result::Result<(), $crate::Error> {
+                $crate::Component::abort(&($(&self.$field,)+), index)
+            }
+        }
+    };
 }

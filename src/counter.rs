@@ -19,8 +19,8 @@ use core::fmt;
 
 use crate::sync::{AtomicU64, Ordering};
 use crate::{
-    Component, Error, InitFn, PerCpu, PinGuard, Platform, ProcessorIndex, RawAlloc, SlotPadding,
-    SlotState,
+    Component, Error, InitFn, PerCpu, PinGuard, Platform, Prepared, ProcessorIndex, RawAlloc,
+    SlotPadding, SlotState,
 };
 
 /// Names one counter of a block of `N`: checked when it is made, so adding to
@@ -123,41 +123,36 @@ impl<const N: usize> Block<N> {
 /// assert_eq!(stats.sum(BYTES), 4096);
 /// # Ok::<(), perproc::Error>(())
 /// ```
-pub struct PerCpuCounters<const N: usize, A: RawAlloc> {
-    blocks: PerCpu<Block<N>, A>,
+pub struct PerCpuCounters<const N: usize, P: Platform, A: RawAlloc = <P as Platform>::Alloc> {
+    blocks: PerCpu<Block<N>, P, A>,
     /// Counts from processors with no block.
     unplaced: Block<N>,
 }
 
 /// One counter per processor.
-pub type PerCpuCounter<A> = PerCpuCounters<1, A>;
+pub type PerCpuCounter<P> = PerCpuCounters<1, P>;
 
-impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
+impl<const N: usize, P: Platform> PerCpuCounters<N, P> {
     /// Counters for every processor the platform can have, each processor's
     /// block on its own cache lines. Memory for a processor is allocated at its
     /// prepare.
     ///
     /// # Errors
     /// [`Error::OutOfMemory`] for the table.
-    pub fn new<P>(platform: &P) -> Result<Self, Error>
-    where
-        P: Platform<Alloc = A>,
-    {
-        let init: InitFn<Block<N>> = Block::zero;
-        Ok(Self {
-            blocks: PerCpu::new(platform, init)?,
-            unplaced: Block(core::array::from_fn(|_| AtomicU64::new(0))),
-        })
+    pub fn new(platform: &P) -> Result<Self, Error> {
+        Self::new_in(platform, platform.allocator())
     }
+}
 
-    /// Counters for processors `0..processors`, allocating from `alloc`.
+impl<const N: usize, P: Platform, A: RawAlloc> PerCpuCounters<N, P, A> {
+    /// [`new`](PerCpuCounters::new) with memory from `alloc`.
     ///
     /// # Errors
     /// [`Error::OutOfMemory`] for the table.
-    pub fn with_capacity_in(processors: usize, alloc: A) -> Result<Self, Error> {
+    pub fn new_in(platform: &P, alloc: A) -> Result<Self, Error> {
         let init: InitFn<Block<N>> = Block::zero;
         Ok(Self {
-            blocks: PerCpu::with_capacity_in(processors, alloc, SlotPadding::CacheLine, init)?,
+            blocks: PerCpu::with_padding_in(platform, alloc, SlotPadding::CacheLine, init)?,
             unplaced: Block(core::array::from_fn(|_| AtomicU64::new(0))),
         })
     }
@@ -168,7 +163,7 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
     /// one interlocked add (to a shared block) when it has none. For many adds
     /// under one pin, [`local`](Self::local) looks the block up once.
     #[inline]
-    pub fn add<G: PinGuard + ?Sized>(&self, pin: &G, counter: CounterId<N>, delta: u64) {
+    pub fn add(&self, pin: &PinGuard<'_, P>, counter: CounterId<N>, delta: u64) {
         self.local(pin).add(counter, delta);
     }
 
@@ -181,17 +176,18 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
     /// const BYTES: CounterId<1> = CounterId::at::<0>();
     /// let platform = HostPlatform::new(2)?;
     /// let stats = PerCpuCounters::<1, _>::new(&platform)?;
-    /// stats.prepare(ProcessorIndex::ZERO)?;
-    /// let pin = platform.pin();
-    /// let local = stats.local(&pin);
-    /// for request in [512, 4096, 4096] {
-    ///     local.add(BYTES, request);
-    /// }
+    /// let _ = stats.prepare(ProcessorIndex::ZERO)?;
+    /// platform.pinned(|pin| {
+    ///     let local = stats.local(pin);
+    ///     for request in [512, 4096, 4096] {
+    ///         local.add(BYTES, request);
+    ///     }
+    /// })?;
     /// assert_eq!(stats.sum(BYTES), 8704);
     /// # Ok::<(), perproc::Error>(())
     /// ```
     #[inline]
-    pub fn local<'g, G: PinGuard + ?Sized>(&self, pin: &'g G) -> LocalCounters<'_, 'g, N, G> {
+    pub fn local<'g>(&'g self, pin: &'g PinGuard<'g, P>) -> LocalCounters<'g, N, P> {
         LocalCounters {
             block: self.blocks.current(pin),
             unplaced: &self.unplaced,
@@ -248,7 +244,7 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
     ///
     /// # Errors
     /// As [`PerCpu::prepare`].
-    pub fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+    pub fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
         self.blocks.prepare(index)
     }
 
@@ -274,8 +270,11 @@ impl<const N: usize, A: RawAlloc> PerCpuCounters<N, A> {
     }
 }
 
-impl<const N: usize, A: RawAlloc + Sync> Component for PerCpuCounters<N, A> {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+impl<const N: usize, P: Platform, A: RawAlloc> Component for PerCpuCounters<N, P, A>
+where
+    Self: Sync,
+{
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
         PerCpuCounters::prepare(self, index)
     }
 
@@ -291,15 +290,15 @@ impl<const N: usize, A: RawAlloc + Sync> Component for PerCpuCounters<N, A> {
 /// The counters of one pinned processor, from [`PerCpuCounters::local`]. It
 /// borrows the pin, so it is used only while the caller stays on that
 /// processor, and only on its thread.
-pub struct LocalCounters<'c, 'g, const N: usize, G: PinGuard + ?Sized> {
+pub struct LocalCounters<'g, const N: usize, P: Platform> {
     /// The processor's block, or `None` when it has none (counts go to the
     /// shared block then).
-    block: Option<&'c Block<N>>,
-    unplaced: &'c Block<N>,
-    _pin: &'g G,
+    block: Option<&'g Block<N>>,
+    unplaced: &'g Block<N>,
+    _pin: &'g PinGuard<'g, P>,
 }
 
-impl<const N: usize, G: PinGuard + ?Sized> LocalCounters<'_, '_, N, G> {
+impl<const N: usize, P: Platform> LocalCounters<'_, N, P> {
     /// Adds `delta` to `counter`: a load, an add and a store; one interlocked
     /// add to the shared block if the processor has no block.
     #[inline]
@@ -328,7 +327,7 @@ impl<const N: usize, G: PinGuard + ?Sized> LocalCounters<'_, '_, N, G> {
     }
 }
 
-impl<const N: usize, A: RawAlloc> fmt::Debug for PerCpuCounters<N, A> {
+impl<const N: usize, P: Platform, A: RawAlloc> fmt::Debug for PerCpuCounters<N, P, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerCpuCounters")
             .field("sums", &self.sums())

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::ProcessorIndex;
+use crate::{PinError, ProcessorIndex};
 
 /// Why an operation did not happen. Nothing was changed and nothing leaked when
 /// one of these comes back.
@@ -36,6 +36,15 @@ pub enum Error {
     /// A platform status (on Windows an `NTSTATUS`) chosen by a constructor; the
     /// driver shim reports it unchanged.
     Status(i32),
+    /// The caller could not be pinned to its processor (for example above
+    /// `DISPATCH_LEVEL`).
+    Pin(PinError),
+}
+
+impl From<PinError> for Error {
+    fn from(error: PinError) -> Self {
+        Error::Pin(error)
+    }
 }
 
 impl fmt::Display for Error {
@@ -51,6 +60,7 @@ impl fmt::Display for Error {
             Error::CapacityOverflow => f.write_str("size overflows the address space"),
             Error::Exhausted => f.write_str("the resource is exhausted"),
             Error::Status(status) => write!(f, "status {status:#010x}"),
+            Error::Pin(error) => write!(f, "{error}"),
         }
     }
 }

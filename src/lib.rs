@@ -112,12 +112,13 @@ pub mod host;
 pub mod testing;
 
 pub use allocator::{AllocError, RawAlloc};
-pub use change::{ChangeState, Component, Components, ProcessorChange};
+pub use bytemuck::Zeroable;
+pub use change::{ChangeState, Component, Prepared, ProcessorChange};
 #[cfg(target_has_atomic = "64")]
 pub use counter::{CounterId, LocalCounters, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
-pub use percpu::{InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
-pub use platform::{PinGuard, Platform};
+pub use percpu::{InPlace, InPlaceFn, InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
+pub use platform::{PinError, PinGuard, Platform};
 pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};
 pub use queue::{Consumer, Drain, DrainAll, PerCpuQueue, PushError};

@@ -32,8 +32,12 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 
+use bytemuck::Zeroable;
+
+#[cfg(loom)]
+use crate::sync::ZeroedInPlace;
 use crate::sync::{AtomicPtr, AtomicU8, AtomicUsize, Ordering, UnsafeCell, PUBLISH};
-use crate::{Component, Error, PinGuard, Platform, ProcessorIndex, RawAlloc};
+use crate::{Component, Error, PinGuard, Platform, Prepared, ProcessorIndex, RawAlloc};
 
 /// The bytes each processor's slot is aligned and padded to: the size that keeps
 /// two processors' slots from sharing a cache line, with the adjacent-line
@@ -129,18 +133,27 @@ struct Shared<T> {
 
 /// A constructor that is a plain function (or a closure that captures nothing),
 /// the default constructor type of [`PerCpu`], so the container's type can be
-/// named in a struct field: `PerCpu<Stats, KernelAlloc>`.
+/// named in a struct field: `PerCpu<Stats, KernelPlatform>`.
 ///
 /// ```
-/// use perproc::{host::HostAlloc, InitFn, PerCpu, SlotPadding};
+/// use perproc::{host::HostPlatform, InitFn, PerCpu};
 /// struct Driver {
-///     stats: PerCpu<u64, HostAlloc>,
+///     stats: PerCpu<u64, HostPlatform>,
 /// }
 /// let zero: InitFn<u64> = |_cpu| Ok(0);
-/// let driver = Driver { stats: PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::CacheLine, zero)? };
+/// let driver = Driver { stats: PerCpu::new(&HostPlatform::new(4)?, zero)? };
 /// # Ok::<(), perproc::Error>(())
 /// ```
 pub type InitFn<T> = fn(ProcessorIndex) -> Result<T, Error>;
+
+/// An in-place constructor (from [`PerCpu::new_zeroed`]): it fills in a value
+/// that starts as all zero bytes where it lives, in the slot, so a `T` larger
+/// than a kernel stack is never on one.
+#[derive(Clone, Copy, Debug)]
+pub struct InPlace<F>(F);
+
+/// [`InPlace`] with a plain function, so the container's type can be named.
+pub type InPlaceFn<T> = InPlace<fn(ProcessorIndex, &mut T) -> Result<(), Error>>;
 
 /// Per-processor values that grow on hot-add.
 ///
@@ -167,10 +180,9 @@ pub type InitFn<T> = fn(ProcessorIndex) -> Result<T, Error>;
 /// let hits = PerCpu::new(&platform, |_cpu| Ok(AtomicU64::new(0)))?;
 /// let cpu1 = ProcessorIndex::new(1).unwrap();
 ///
-/// hits.prepare(cpu1)?;                  // AddStart: allocate and publish
+/// let _ = hits.prepare(cpu1)?;          // AddStart: allocate and publish
 /// platform.bind_current_thread(cpu1)?;  // this thread now runs "on" processor 1
-/// let pin = platform.pin();
-/// hits.current(&pin).unwrap().fetch_add(1, Ordering::Relaxed);
+/// platform.pinned(|pin| hits.current(pin).unwrap().fetch_add(1, Ordering::Relaxed))?;
 /// hits.commit(cpu1)?;                   // AddComplete
 ///
 /// let total: u64 = hits.iter().map(|(_, h)| h.load(Ordering::Relaxed)).sum();
@@ -178,7 +190,7 @@ pub type InitFn<T> = fn(ProcessorIndex) -> Result<T, Error>;
 /// assert!(hits.get(ProcessorIndex::new(2).unwrap()).is_none()); // not added yet
 /// # Ok::<(), perproc::Error>(())
 /// ```
-pub struct PerCpu<T, A: RawAlloc, F = InitFn<T>> {
+pub struct PerCpu<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc, F = InitFn<T>> {
     // No field of the container itself is ever written after construction: what
     // changes (the table's words, the list head, the counts) lives in the block
     // these pointers point into. So `PerCpu` has no interior mutability of its
@@ -193,58 +205,79 @@ pub struct PerCpu<T, A: RawAlloc, F = InitFn<T>> {
     slot_layout: Layout,
     alloc: A,
     init: F,
+    /// Whose pins [`current`](Self::current) accepts.
+    platform: P,
     /// Owns `T`s (for drop check) and is as thread-safe as the impls below say.
     _owns: PhantomData<T>,
 }
 
 // SAFETY: the container owns its slots and values; moving it to another thread
-// moves the `T`s (so `T: Send`), the allocator that frees them (`A: Send`) and
-// the constructor (`F: Send`). The raw pointers are to memory it owns.
-unsafe impl<T: Send, A: RawAlloc + Send, F: Send> Send for PerCpu<T, A, F> {}
+// moves the `T`s (so `T: Send`), the allocator that frees them (`A: Send`), the
+// constructor (`F: Send`) and the platform handle (`P: Send`). The raw pointers
+// are to memory it owns.
+unsafe impl<T: Send, P: Platform + Send, A: RawAlloc + Send, F: Send> Send for PerCpu<T, P, A, F> {}
 
 // SAFETY: through `&PerCpu`, other threads read `&T` (so `T: Sync`), build `T`s
-// that the owner later drops (so `T: Send`), and call the allocator and the
-// constructor concurrently (so `A: Sync`, `F: Sync`). All shared state is atomic.
-unsafe impl<T: Send + Sync, A: RawAlloc + Sync, F: Sync> Sync for PerCpu<T, A, F> {}
-
-impl<T, A, F> PerCpu<T, A, F>
-where
-    A: RawAlloc,
-    F: Fn(ProcessorIndex) -> Result<T, Error>,
+// that the owner later drops (so `T: Send`), and call the allocator, the
+// constructor and the platform concurrently (so `A`, `F`, `P: Sync`). All shared
+// state is atomic.
+unsafe impl<T: Send + Sync, P: Platform + Sync, A: RawAlloc + Sync, F: Sync> Sync
+    for PerCpu<T, P, A, F>
 {
+}
+
+impl<T, P: Platform, F> PerCpu<T, P, P::Alloc, F> {
     /// A container for every processor the platform can have, with slots on
-    /// their own cache lines. No processor is prepared yet: registration (or
-    /// your own calls to [`prepare`](Self::prepare)) adds them.
+    /// their own cache lines, memory from the platform's allocator. No processor
+    /// is prepared yet: registration (or your own calls to
+    /// [`prepare`](Self::prepare)) adds them.
     ///
-    /// `init` builds a processor's value at its AddStart; its error fails that add.
-    pub fn new<P>(platform: &P, init: F) -> Result<Self, Error>
-    where
-        P: Platform<Alloc = A>,
-    {
-        let capacity =
-            usize::try_from(platform.max_processors()).map_err(|_| Error::CapacityOverflow)?;
-        Self::with_capacity_in(capacity, platform.allocator(), SlotPadding::CacheLine, init)
+    /// `init` builds a processor's value at its AddStart; its error fails that
+    /// add. For a large value, build it in place with
+    /// [`new_zeroed`](PerCpu::new_zeroed).
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] for the table; [`Error::CapacityOverflow`].
+    pub fn new(platform: &P, init: F) -> Result<Self, Error> {
+        Self::with_padding_in(platform, platform.allocator(), SlotPadding::CacheLine, init)
+    }
+}
+
+impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
+    /// [`new`](PerCpu::new) with memory from `alloc` (a pool tag of its own, a
+    /// counting or failing allocator in tests).
+    ///
+    /// # Errors
+    /// As [`new`](PerCpu::new).
+    pub fn new_in(platform: &P, alloc: A, init: F) -> Result<Self, Error> {
+        Self::with_padding_in(platform, alloc, SlotPadding::CacheLine, init)
     }
 
-    /// A container for processors `0..capacity`, allocating from `alloc`.
+    /// [`new_in`](Self::new_in) choosing how slots are laid out.
     ///
     /// ```
-    /// use perproc::{host::HostAlloc, PerCpu, ProcessorIndex, SlotPadding};
-    /// let names = PerCpu::with_capacity_in(2048, HostAlloc, SlotPadding::Compact, |cpu| {
+    /// use perproc::{host::{HostAlloc, HostPlatform}, PerCpu, ProcessorIndex, SlotPadding};
+    /// let platform = HostPlatform::new(2048)?;
+    /// let names = PerCpu::with_padding_in(&platform, HostAlloc, SlotPadding::Compact, |cpu| {
     ///     Ok(cpu.get() * 10)
     /// })?;
     /// let cpu = ProcessorIndex::new(2047).unwrap();
-    /// names.prepare(cpu)?;
+    /// let _ = names.prepare(cpu)?;
     /// assert_eq!(names.get(cpu), Some(&20470));
     /// assert!(names.prepare(ProcessorIndex::new(2048).unwrap()).is_err());
     /// # Ok::<(), perproc::Error>(())
     /// ```
-    pub fn with_capacity_in(
-        capacity: usize,
+    ///
+    /// # Errors
+    /// As [`new`](PerCpu::new).
+    pub fn with_padding_in(
+        platform: &P,
         alloc: A,
         padding: SlotPadding,
         init: F,
     ) -> Result<Self, Error> {
+        let capacity =
+            usize::try_from(platform.max_processors()).map_err(|_| Error::CapacityOverflow)?;
         let slot_layout = slot_layout::<T>(padding)?;
         let (layout, words) = block_layout::<T>(capacity)?;
         let block = alloc.allocate(layout, None)?;
@@ -273,10 +306,16 @@ where
             slot_layout,
             alloc,
             init,
+            platform: platform.clone(),
             _owns: PhantomData,
         })
     }
+}
 
+impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F>
+where
+    F: Fn(ProcessorIndex) -> Result<T, Error>,
+{
     /// AddStart: builds processor `index`'s value with the constructor, on memory
     /// placed for that processor, and publishes it: from the moment this returns
     /// `Ok`, [`get`](Self::get), [`current`](Self::current) and
@@ -290,12 +329,63 @@ where
     /// [`Error::IndexOutOfRange`], [`Error::OutOfMemory`], the constructor's
     /// error, or [`Error::Busy`] while another event for `index` is in flight. On
     /// error nothing is published and nothing leaks.
-    pub fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+    pub fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
         self.prepare_with(index, &self.init)
     }
 }
 
-impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
+impl<T: Zeroable, P: Platform, F> PerCpu<T, P, P::Alloc, InPlace<F>>
+where
+    F: Fn(ProcessorIndex, &mut T) -> Result<(), Error>,
+{
+    /// [`new`](PerCpu::new) for a value built in place: a processor's slot is
+    /// allocated zeroed and `init` fills in the value where it lives, so no `T`
+    /// is ever moved through the stack (a kernel stack is 12 to 24 KiB; a
+    /// per-processor ring or table can be larger).
+    ///
+    /// ```
+    /// use perproc::{host::HostPlatform, PerCpu, ProcessorIndex};
+    /// let platform = HostPlatform::new(4)?;
+    /// // 1 MiB per processor, never on a stack.
+    /// let tables = PerCpu::new_zeroed(&platform, |cpu, table: &mut [u64; 131_072]| {
+    ///     table[0] = u64::from(cpu.get());
+    ///     Ok(())
+    /// })?;
+    /// let _ = tables.prepare(ProcessorIndex::new(3).unwrap())?;
+    /// assert_eq!(tables.get(ProcessorIndex::new(3).unwrap()).unwrap()[0], 3);
+    /// # Ok::<(), perproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](PerCpu::new).
+    pub fn new_zeroed(platform: &P, init: F) -> Result<Self, Error> {
+        Self::with_padding_in(
+            platform,
+            platform.allocator(),
+            SlotPadding::CacheLine,
+            InPlace(init),
+        )
+    }
+}
+
+impl<T: Zeroable, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, InPlace<F>>
+where
+    F: Fn(ProcessorIndex, &mut T) -> Result<(), Error>,
+{
+    /// AddStart for a container built in place: the value is zeroed in its slot
+    /// and filled in there by the constructor; otherwise as for a container of
+    /// [`new`](PerCpu::new) (idempotent, revives a retired slot as is).
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`], [`Error::OutOfMemory`], the constructor's
+    /// error (the value it half filled in is dropped), or [`Error::Busy`].
+    pub fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
+        let InPlace(init) = &self.init;
+        self.prepare_zeroed_with(index, init)
+    }
+}
+
+impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
     /// [`prepare`](Self::prepare) with a constructor given for this call instead
     /// of the stored one: for containers whose values are built from state they
     /// own next to the table (a pool's magazines come from its allocator and
@@ -305,11 +395,13 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     /// prepared or online, nor for a retired slot, which is revived as is).
     ///
     /// ```
-    /// use perproc::{host::HostAlloc, PerCpu, ProcessorIndex, SlotPadding};
-    /// let table = PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::Compact, |_| Ok(0u32))?;
+    /// use perproc::{host::HostPlatform, PerCpu, Prepared, ProcessorIndex};
+    /// let table = PerCpu::new(&HostPlatform::new(4)?, |_| Ok(0u32))?;
     /// let cpu = ProcessorIndex::new(1).unwrap();
-    /// table.prepare_with(cpu, |cpu| Ok(cpu.get() + 100))?;
-    /// table.prepare_with(cpu, |_| Err(perproc::Error::OutOfMemory))?; // not called
+    /// assert_eq!(table.prepare_with(cpu, |cpu| Ok(cpu.get() + 100))?, Prepared::New);
+    /// // Already prepared: the constructor is not called.
+    /// let again = table.prepare_with(cpu, |_| Err(perproc::Error::OutOfMemory))?;
+    /// assert_eq!(again, Prepared::Already);
     /// assert_eq!(table.get(cpu), Some(&101));
     /// # Ok::<(), perproc::Error>(())
     /// ```
@@ -321,7 +413,52 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
         &self,
         index: ProcessorIndex,
         init: impl FnOnce(ProcessorIndex) -> Result<T, Error>,
-    ) -> Result<(), Error> {
+    ) -> Result<Prepared, Error> {
+        self.prepare_by(index, |value| {
+            let built = init(index)?;
+            // SAFETY: `value` is the fresh slot's value field, valid for a write
+            // (`prepare_by`'s promise); nothing was there to drop.
+            unsafe { value.write(UnsafeCell::new(built)) };
+            Ok(())
+        })
+    }
+
+    /// [`prepare_with`](Self::prepare_with) building the value in place: it is
+    /// zeroed where it lives, in the slot, and `init` fills it in there.
+    ///
+    /// # Errors
+    /// As [`prepare_with`](Self::prepare_with); when `init` fails, the value it
+    /// half filled in is dropped.
+    pub fn prepare_zeroed_with(
+        &self,
+        index: ProcessorIndex,
+        init: impl FnOnce(ProcessorIndex, &mut T) -> Result<(), Error>,
+    ) -> Result<Prepared, Error>
+    where
+        T: Zeroable,
+    {
+        self.prepare_by(index, |cell| {
+            // SAFETY: `cell` is the fresh slot's value field, valid for writes
+            // and aligned (`prepare_by`'s promise), and `T: Zeroable`.
+            let value = unsafe { UnsafeCell::zeroed_in_place(cell) };
+            match init(index, value) {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    // SAFETY: an initialised `T` (zeroed, then changed through
+                    // `&mut T` only), dropped once; the slot is freed next.
+                    unsafe { ptr::drop_in_place(value) };
+                    Err(error)
+                }
+            }
+        })
+    }
+
+    /// The state machine of a prepare; `write` initialises a fresh slot's value.
+    fn prepare_by(
+        &self,
+        index: ProcessorIndex,
+        write: impl FnOnce(*mut UnsafeCell<T>) -> Result<(), Error>,
+    ) -> Result<Prepared, Error> {
         let entry = self.entry(index)?;
         let word = entry.load(Ordering::Acquire);
         match word.addr() {
@@ -329,13 +466,13 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
                 entry
                     .compare_exchange(word, building(), Ordering::Acquire, Ordering::Relaxed)
                     .map_err(|_| Error::Busy)?;
-                self.build(entry, index, init)
+                self.build(entry, index, write)
             }
             BUILDING => Err(Error::Busy),
             addr if addr & HIDDEN == 0 => {
                 // SAFETY: a pointer word is a live slot (see `slot_at`).
                 match unsafe { slot_at(word) }.state.load(Ordering::Acquire) {
-                    PREPARED | ONLINE => Ok(()),
+                    PREPARED | ONLINE => Ok(Prepared::Already),
                     _ => Err(Error::Busy),
                 }
             }
@@ -344,12 +481,15 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     }
 
     /// Builds, links and publishes a fresh slot; `entry` is `BUILDING` and ours.
+    /// `write` gets the slot's value field (valid for writes, aligned, not
+    /// initialised) and must initialise it when it returns `Ok`, and leave
+    /// nothing to drop when it returns `Err`.
     fn build(
         &self,
         entry: &AtomicPtr<Slot<T>>,
         index: ProcessorIndex,
-        init: impl FnOnce(ProcessorIndex) -> Result<T, Error>,
-    ) -> Result<(), Error> {
+        write: impl FnOnce(*mut UnsafeCell<T>) -> Result<(), Error>,
+    ) -> Result<Prepared, Error> {
         // Until disarmed, an early return (or an unwinding constructor on a host)
         // frees the block and puts the word back to ABSENT.
         let mut undo = UndoBuild {
@@ -360,28 +500,27 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
         };
         let block = self.alloc.allocate(self.slot_layout, Some(index))?;
         undo.block = Some(block);
-        let value = init(index)?;
         let slot = block.cast::<Slot<T>>();
         // SAFETY: the block has `slot_layout`, which is at least the size and
         // alignment of `Slot<T>` (allocator promises 1 and 2), and no one else can
-        // reach it before it is linked and published below.
+        // reach it before it is linked and published below: each field is
+        // written once, the value by `write` (in place: never on the stack).
         unsafe {
-            slot.as_ptr().write(Slot {
-                value: UnsafeCell::new(value),
-                next: AtomicPtr::new(ptr::null_mut()),
-                state: AtomicU8::new(PREPARED),
-                index,
-            })
-        };
+            let raw = slot.as_ptr();
+            write(ptr::addr_of_mut!((*raw).value))?;
+            ptr::addr_of_mut!((*raw).next).write(AtomicPtr::new(ptr::null_mut()));
+            ptr::addr_of_mut!((*raw).state).write(AtomicU8::new(PREPARED));
+            ptr::addr_of_mut!((*raw).index).write(index);
+        }
         undo.disarm();
         self.link(slot);
         entry.store(slot.as_ptr(), PUBLISH);
         self.shared().published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(Prepared::New)
     }
 
     /// Publishes a retired slot again, unchanged.
-    fn revive(&self, entry: &AtomicPtr<Slot<T>>, word: *mut Slot<T>) -> Result<(), Error> {
+    fn revive(&self, entry: &AtomicPtr<Slot<T>>, word: *mut Slot<T>) -> Result<Prepared, Error> {
         let bare = word.map_addr(|addr| addr & !HIDDEN);
         // SAFETY: a hidden word with a pointer is a retired slot, which lives until
         // the container drops (see `slot_at`).
@@ -392,7 +531,7 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
         entry.store(bare, PUBLISH);
         slot.state.store(PREPARED, Ordering::Release);
         self.shared().published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(Prepared::New)
     }
 
     /// Pushes a new slot onto the list iteration walks.
@@ -415,7 +554,7 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     }
 }
 
-impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
+impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
     /// AddComplete: marks a prepared processor online. O(1); allocates nothing.
     ///
     /// Idempotent for a processor already online.
@@ -514,10 +653,19 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     /// The value of the processor the caller is pinned to, if it is published.
     ///
     /// `None` only for a processor that has no slot yet (between its arrival and
-    /// its AddStart, or after a failed add) or one past the capacity.
+    /// its AddStart, or after a failed add), one past the capacity, or a pin
+    /// from a platform of another machine.
     #[inline]
-    pub fn current<G: PinGuard + ?Sized>(&self, pin: &G) -> Option<&T> {
+    pub fn current(&self, pin: &PinGuard<'_, P>) -> Option<&T> {
+        if !self.platform.shares_processors(pin.platform()) {
+            return None;
+        }
         self.get(pin.processor())
+    }
+
+    /// The platform the container was built for (whose pins it accepts).
+    pub fn platform(&self) -> &P {
+        &self.platform
     }
 
     /// Where processor `index` stands (`Absent` for an index past the capacity).
@@ -638,14 +786,13 @@ impl<T, A: RawAlloc, F> PerCpu<T, A, F> {
     }
 }
 
-impl<T, A: RawAlloc, F> Component for PerCpu<T, A, F>
+impl<T, P: Platform, A: RawAlloc, F> Component for PerCpu<T, P, A, F>
 where
-    T: Send + Sync,
-    A: Sync,
-    F: Fn(ProcessorIndex) -> Result<T, Error> + Sync,
+    Self: Sync,
+    F: Fn(ProcessorIndex) -> Result<T, Error>,
 {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
-        PerCpu::prepare(self, index)
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
+        self.prepare_with(index, &self.init)
     }
 
     fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
@@ -657,7 +804,26 @@ where
     }
 }
 
-impl<T, A: RawAlloc, F> Drop for PerCpu<T, A, F> {
+impl<T: Zeroable, P: Platform, A: RawAlloc, F> Component for PerCpu<T, P, A, InPlace<F>>
+where
+    Self: Sync,
+    F: Fn(ProcessorIndex, &mut T) -> Result<(), Error>,
+{
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
+        let InPlace(init) = &self.init;
+        self.prepare_zeroed_with(index, init)
+    }
+
+    fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
+        PerCpu::commit(self, index)
+    }
+
+    fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
+        PerCpu::abort(self, index).map(|_| ())
+    }
+}
+
+impl<T, P: Platform, A: RawAlloc, F> Drop for PerCpu<T, P, A, F> {
     fn drop(&mut self) {
         let mut next = self.shared().head.load(Ordering::Acquire);
         while let Some(slot) = NonNull::new(next) {
@@ -686,7 +852,7 @@ impl<T, A: RawAlloc, F> Drop for PerCpu<T, A, F> {
     }
 }
 
-impl<T: fmt::Debug, A: RawAlloc, F> fmt::Debug for PerCpu<T, A, F> {
+impl<T: fmt::Debug, P: Platform, A: RawAlloc, F> fmt::Debug for PerCpu<T, P, A, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerCpu")
             .field("capacity", &self.capacity)

@@ -49,18 +49,27 @@
 //! past the table) allocates and frees through the depot directly: slower,
 //! never refused for that reason.
 //!
+//! # Objects, owned
+//!
+//! [`PoolBox<T>`] owns its object and does not borrow the pool, so a driver
+//! keeps requests in queues beside the pool, in a `'static` driver struct,
+//! anywhere. [`free`](PerCpuPool::free) on a pinned processor is the fast
+//! path. A box dropped instead (unpinned, at any IRQL, after the pool moved or
+//! went) drops its value and pushes its memory onto the pool's *home* list
+//! with one compare-and-swap; the pool takes the whole list back under its lock
+//! before it would grow, and at teardown. Push and take-all only: no ABA.
+//!
 //! # Teardown
 //!
-//! [`PoolBox`] handles borrow the pool, so it cannot be dropped under them.
-//! Objects kept as raw pointers ([`alloc_raw`](PerCpuPool::alloc_raw)) can
-//! outlive it: [`teardown`](PerCpuPool::teardown) reports how many are still
-//! handed out, and then keeps the slabs (leaks them) rather than free memory a
-//! driver still points into. Dropping the pool does the same without the count.
+//! [`teardown`](PerCpuPool::teardown) reports how many objects are still
+//! handed out (boxes alive, raw pointers never freed) and then keeps the slabs
+//! and the home (leaks them) rather than free memory a driver still points
+//! into. Dropping the pool does the same without the count.
 //!
 //! # The one lock
 //!
 //! The depot's lock is a spin lock and is taken only by pinned code (on Windows,
-//! at `DISPATCH_LEVEL`): the slow paths of pinned operations, once per
+//! at `DISPATCH_LEVEL`, never above: pinning refuses there): the slow paths of pinned operations, once per
 //! magazine's worth of them. Statistics, prepare, commit and abort never take
 //! it. A slab is allocated with the lock held (growth is rare, and the
 //! allocator must then be callable at `DISPATCH_LEVEL`: nonpaged memory), so
@@ -69,10 +78,12 @@
 mod cache;
 mod depot;
 mod handle;
+mod home;
 mod magazine;
 mod slab;
 mod stats;
 
+use core::alloc::Layout;
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem;
@@ -83,11 +94,13 @@ use crossbeam_utils::CachePadded;
 use self::cache::Cache;
 use self::depot::{Depot, Shared};
 pub use self::handle::PoolBox;
+use self::home::Home;
 use self::magazine::Round;
 pub use self::stats::{PoolStats, ProcessorStats};
 use crate::sync::Ordering;
 use crate::{
-    Component, Error, PerCpu, PinGuard, Platform, ProcessorIndex, RawAlloc, SlotPadding, SlotState,
+    Component, Error, PerCpu, PinGuard, Platform, Prepared, ProcessorIndex, RawAlloc, SlotPadding,
+    SlotState,
 };
 
 /// A slab holds at least this many bytes of objects (and at least a magazine).
@@ -111,31 +124,30 @@ pub struct Limits {
 
 /// A pool of `T` objects with a lock-free, interlocked-free cache per processor.
 ///
-/// `P` is the platform (its guard pins a [`PoolBox`]'s drop; pass `&platform`
-/// if it is not `Copy`); `A` the allocator the slabs, magazines and caches come
-/// from (the platform's by default).
+/// `P` is the platform (whose pins the pool accepts); `A` the allocator the
+/// slabs, magazines and caches come from (the platform's by default).
 ///
 /// ```
-/// use perproc::{host::HostPlatform, Components, Limits, PerCpuPool, Platform, ProcessorIndex};
+/// use perproc::{host::HostPlatform, Component, Limits, PerCpuPool, Platform, ProcessorIndex};
 ///
 /// #[derive(Default)]
 /// struct Request { lba: u64, sectors: u32 }
 ///
 /// let platform = HostPlatform::new(8)?;
 /// let requests = PerCpuPool::<Request, _>::new(&platform, Limits { total: 4096, per_cpu: 64 })?;
-/// let driver = Components::new([&requests]);
 /// for i in 0..2 {
-///     driver.start(ProcessorIndex::new(i).unwrap())?;   // AddStart (replayed at registration)
-///     driver.complete(ProcessorIndex::new(i).unwrap())?;
+///     let _ = requests.prepare(ProcessorIndex::new(i).unwrap())?; // AddStart (replayed at registration)
+///     requests.commit(ProcessorIndex::new(i).unwrap())?;
 /// }
 ///
 /// // Hot path, pinned (a DPC): no lock, no interlocked instruction.
-/// let pin = platform.pin();
-/// let mut request = requests.alloc(&pin, Request::default())?;
-/// request.lba = 2048;
-/// request.sectors = 8;
-/// request.free(&pin);
-/// drop(pin);
+/// platform.pinned(|pin| {
+///     let mut request = requests.alloc(pin, Request::default())?;
+///     request.lba = 2048;
+///     request.sectors = 8;
+///     requests.free(pin, request);
+///     Ok::<_, perproc::Error>(())
+/// })??;
 ///
 /// let stats = requests.stats();
 /// assert_eq!(stats.outstanding, 0);
@@ -143,11 +155,12 @@ pub struct Limits {
 /// # Ok::<(), perproc::Error>(())
 /// ```
 pub struct PerCpuPool<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc> {
-    caches: PerCpu<Cache, A>,
+    caches: PerCpu<Cache, P, A>,
     magazine: magazine::Shape,
     slab: slab::Shape,
     limits: Limits,
-    platform: P,
+    /// Where dropped boxes go back; its own block (see `home`).
+    home: NonNull<Home>,
     /// Written by every processor's slow path: kept off the lines the fast
     /// path reads.
     depot: CachePadded<Shared>,
@@ -157,6 +170,17 @@ pub struct PerCpuPool<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc> {
     /// `PoolBox`es (which need `T: Send`) or raw pointers (the caller's promise).
     _objects: PhantomData<fn() -> T>,
 }
+
+// SAFETY: the pool owns its caches (Send with them) and its home block, whose
+// list is atomics only; it holds no `T` (see `_objects`).
+unsafe impl<T, P: Platform, A: RawAlloc> Send for PerCpuPool<T, P, A> where PerCpu<Cache, P, A>: Send
+{}
+
+// SAFETY: through `&PerCpuPool` threads use the caches (Sync with them: each
+// processor's only under its pin), the depot behind its lock, and the home
+// through atomics.
+unsafe impl<T, P: Platform, A: RawAlloc> Sync for PerCpuPool<T, P, A> where PerCpu<Cache, P, A>: Sync
+{}
 
 /// The pool builds its caches with [`PerCpu::prepare_with`]; this constructor
 /// is never called.
@@ -173,9 +197,8 @@ impl<T, P: Platform> PerCpuPool<T, P> {
     /// # Errors
     /// [`Error::OutOfMemory`] for the processor table; [`Error::CapacityOverflow`]
     /// if a magazine or slab would not fit the address space.
-    pub fn new(platform: P, limits: Limits) -> Result<Self, Error> {
-        let alloc = platform.allocator();
-        Self::with_allocator(platform, alloc, limits)
+    pub fn new(platform: &P, limits: Limits) -> Result<Self, Error> {
+        Self::new_in(platform, platform.allocator(), limits)
     }
 }
 
@@ -189,10 +212,10 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     ///
     /// let platform = HostPlatform::new(4)?;
     /// let counting = CountingAlloc::new(HostAlloc);
-    /// let pool = PerCpuPool::<u64, _, _>::with_allocator(&platform, &counting, Limits { total: 64, per_cpu: 8 })?;
-    /// let object = pool.alloc(&platform.pin(), 42)?; // through the depot: no processor prepared
+    /// let pool = PerCpuPool::<u64, _, _>::new_in(&platform, &counting, Limits { total: 64, per_cpu: 8 })?;
+    /// let object = platform.pinned(|pin| pool.alloc(pin, 42))??; // through the depot: no processor prepared
     /// assert_eq!(*object, 42);
-    /// drop(object);
+    /// drop(object); // unpinned: back through the home list
     /// assert_eq!(pool.teardown(), 0);
     /// assert_eq!(counting.live_blocks(), 0);
     /// # Ok::<(), perproc::Error>(())
@@ -200,9 +223,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     ///
     /// # Errors
     /// As [`new`](PerCpuPool::new).
-    pub fn with_allocator(platform: P, alloc: A, limits: Limits) -> Result<Self, Error> {
-        let capacity =
-            usize::try_from(platform.max_processors()).map_err(|_| Error::CapacityOverflow)?;
+    pub fn new_in(platform: &P, alloc: A, limits: Limits) -> Result<Self, Error> {
         let magazine = magazine::Shape::new(limits.per_cpu / 2)?;
         let slot = slab::Shape::new::<T>(1)?.slot_size();
         let per_slab = SLAB_BYTES
@@ -211,13 +232,20 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
             .max(magazine.capacity());
         let slab = slab::Shape::new::<T>(per_slab)?;
         let init: fn(ProcessorIndex) -> Result<Cache, Error> = no_cache;
-        let caches = PerCpu::with_capacity_in(capacity, alloc, SlotPadding::CacheLine, init)?;
+        let caches = PerCpu::with_padding_in(platform, alloc, SlotPadding::CacheLine, init)?;
+        // On error `caches` drops and frees its table.
+        let home = caches
+            .allocator()
+            .allocate(Layout::new::<Home>(), None)?
+            .cast::<Home>();
+        // SAFETY: a fresh block with Home's layout (allocator promises 1 and 2).
+        unsafe { home.as_ptr().write(Home::new()) };
         Ok(Self {
             caches,
             magazine,
             slab,
             limits,
-            platform,
+            home,
             depot: CachePadded::new(Shared::new()),
             released: false,
             _objects: PhantomData,
@@ -231,7 +259,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// # Errors
     /// [`Error::OutOfMemory`] (nothing is published, nothing leaks),
     /// [`Error::IndexOutOfRange`], [`Error::Busy`] (another event for `index`).
-    pub fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+    pub fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
         self.caches.prepare_with(index, |index| {
             let cache = Cache::new(&self.magazine, self.caches.allocator(), index)?;
             self.depot.magazines.fetch_add(2, Ordering::Relaxed);
@@ -270,14 +298,24 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// the pool had to grow and the allocator refused. `value` is dropped then
     /// (use [`alloc_with`](Self::alloc_with) to build it only on success).
     #[inline]
-    pub fn alloc<G: PinGuard + ?Sized>(
-        &self,
-        pin: &G,
-        value: T,
-    ) -> Result<PoolBox<'_, T, P, A>, Error> {
+    pub fn alloc(&self, pin: &PinGuard<'_, P>, value: T) -> Result<PoolBox<T>, Error> {
         let object = self.alloc_raw(pin, value)?;
         // SAFETY: a fresh object of this pool, holding `value`, owned by us.
-        Ok(unsafe { PoolBox::from_raw(self, object) })
+        Ok(unsafe { PoolBox::new(object, self.home) })
+    }
+
+    /// Gives an object back on the processor `pin` holds: drops its value and
+    /// puts its memory in that processor's magazines (no lock, no interlocked
+    /// instruction on the fast path), whichever processor allocated it. A box of
+    /// another pool is dropped instead, which returns it to its own pool.
+    #[inline]
+    pub fn free(&self, pin: &PinGuard<'_, P>, object: PoolBox<T>) {
+        if !object.is_from(self.home) {
+            return drop(object);
+        }
+        let (object, _) = object.into_parts();
+        // SAFETY: the box owned a live object of this pool and gave it up.
+        unsafe { self.free_raw(pin, object) }
     }
 
     /// Allocates an object and builds its value with `init`, which runs only
@@ -286,11 +324,11 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// # Errors
     /// As [`alloc`](Self::alloc); `init` is not called then.
     #[inline]
-    pub fn alloc_with<G: PinGuard + ?Sized>(
+    pub fn alloc_with(
         &self,
-        pin: &G,
+        pin: &PinGuard<'_, P>,
         init: impl FnOnce() -> T,
-    ) -> Result<PoolBox<'_, T, P, A>, Error> {
+    ) -> Result<PoolBox<T>, Error> {
         let round = self.take(pin)?;
         // If `init` unwinds (host builds), the slot goes back.
         let give_back = GiveBack {
@@ -304,7 +342,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         // SAFETY: the slot is ours, sized and aligned for `T` (slab::Slot).
         unsafe { object.as_ptr().write(value) };
         // SAFETY: as in `alloc`.
-        Ok(unsafe { PoolBox::from_raw(self, object) })
+        Ok(unsafe { PoolBox::new(object, self.home) })
     }
 
     /// Allocates an object holding `value` and returns its address, for
@@ -314,7 +352,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// # Errors
     /// As [`alloc`](Self::alloc).
     #[inline]
-    pub fn alloc_raw<G: PinGuard + ?Sized>(&self, pin: &G, value: T) -> Result<NonNull<T>, Error> {
+    pub fn alloc_raw(&self, pin: &PinGuard<'_, P>, value: T) -> Result<NonNull<T>, Error> {
         let object = self.take(pin)?.cast::<T>();
         // SAFETY: the slot is ours, sized and aligned for `T` (slab::Slot).
         unsafe { object.as_ptr().write(value) };
@@ -328,11 +366,13 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// use perproc::{host::HostPlatform, Limits, PerCpuPool, Platform, ProcessorIndex};
     /// let platform = HostPlatform::new(2)?;
     /// let pool = PerCpuPool::<u32, _>::new(&platform, Limits { total: 16, per_cpu: 4 })?;
-    /// pool.prepare(ProcessorIndex::ZERO)?;
-    /// let pin = platform.pin();
-    /// let object = pool.alloc_raw(&pin, 5)?;
-    /// // SAFETY: from this pool, freed once, not used afterwards.
-    /// unsafe { pool.free_raw(&pin, object) };
+    /// let _ = pool.prepare(ProcessorIndex::ZERO)?;
+    /// platform.pinned(|pin| {
+    ///     let object = pool.alloc_raw(pin, 5)?;
+    ///     // SAFETY: from this pool, freed once, not used afterwards.
+    ///     unsafe { pool.free_raw(pin, object) };
+    ///     Ok::<_, perproc::Error>(())
+    /// })??;
     /// # Ok::<(), perproc::Error>(())
     /// ```
     ///
@@ -343,7 +383,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// afterwards; if `T` is not `Send`, this runs on the thread that
     /// allocated it.
     #[inline]
-    pub unsafe fn free_raw<G: PinGuard + ?Sized>(&self, pin: &G, object: NonNull<T>) {
+    pub unsafe fn free_raw(&self, pin: &PinGuard<'_, P>, object: NonNull<T>) {
         // SAFETY: a live `T` the caller gives up (caller). Dropped before the
         // slot is touched, so a destructor that uses the pool is fine.
         unsafe { ptr::drop_in_place(object.as_ptr()) };
@@ -359,25 +399,37 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// use perproc::{host::HostPlatform, Limits, PerCpuPool, Platform, ProcessorIndex};
     /// let platform = HostPlatform::new(2)?;
     /// let pool = PerCpuPool::<[u8; 64], _>::new(&platform, Limits { total: 512, per_cpu: 64 })?;
-    /// pool.prepare(ProcessorIndex::ZERO)?;
+    /// let _ = pool.prepare(ProcessorIndex::ZERO)?;
     ///
-    /// let pin = platform.pin();
-    /// let local = pool.local(&pin);
-    /// let batch: Vec<_> = (0..32).map(|_| local.alloc([0; 64])).collect::<Result<_, _>>()?;
-    /// for object in batch {
-    ///     local.free(object);
-    /// }
+    /// platform.pinned(|pin| {
+    ///     let local = pool.local(pin);
+    ///     let batch: Vec<_> = (0..32).map(|_| local.alloc([0; 64])).collect::<Result<_, _>>()?;
+    ///     for object in batch {
+    ///         local.free(object);
+    ///     }
+    ///     Ok::<_, perproc::Error>(())
+    /// })??;
     /// # Ok::<(), perproc::Error>(())
     /// ```
     #[inline]
-    pub fn local<'g, G: PinGuard + ?Sized>(&self, pin: &'g G) -> LocalPool<'_, 'g, T, P, A, G> {
-        let index = pin.processor();
+    pub fn local<'g>(&'g self, pin: &'g PinGuard<'g, P>) -> LocalPool<'g, T, P, A> {
         LocalPool {
             pool: self,
             pin,
-            index,
-            cache: self.caches.get(index),
+            at: self.local_index(pin),
+            cache: self.caches.current(pin),
         }
+    }
+
+    /// The processor `pin` holds, if it is one of this pool's machine (a pin
+    /// of a platform that does not share processors with the pool's goes to
+    /// the depot and touches no processor's cache).
+    #[inline(always)]
+    fn local_index(&self, pin: &PinGuard<'_, P>) -> Option<ProcessorIndex> {
+        self.caches
+            .platform()
+            .shares_processors(pin.platform())
+            .then(|| pin.processor())
     }
 
     /// The whole pool's figures. Never blocks, never takes the lock.
@@ -399,10 +451,12 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
             outstanding: objects
                 .saturating_sub(in_depot)
                 .saturating_sub(cached)
-                .saturating_sub(stranded),
+                .saturating_sub(stranded)
+                .saturating_sub(self.home().count()),
             in_depot,
             cached,
             stranded,
+            returning: self.home().count(),
             processors: self.caches.published_count(),
             slabs: shared.slabs.load(Ordering::Relaxed),
             magazines: shared.magazines.load(Ordering::Relaxed),
@@ -444,38 +498,44 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         self.slab.per_slab()
     }
 
-    /// The platform the pool pins through.
+    /// The platform whose pins the pool accepts.
     pub fn platform(&self) -> &P {
-        &self.platform
+        self.caches.platform()
     }
 
-    /// Drops the pool and says how many objects were still handed out (raw
-    /// pointers never freed, or handles forgotten). If any, the slabs are kept
-    /// (leaked) so those pointers stay valid; everything else is freed. A
-    /// stranded cache of a failed add is reclaimed.
+    fn home(&self) -> &Home {
+        // SAFETY: the home block holds an initialised Home from construction
+        // until `release` frees it (after which `&self` is not used).
+        unsafe { self.home.as_ref() }
+    }
+
+    /// Drops the pool and says how many objects were still handed out (boxes
+    /// alive, raw pointers never freed). If any, the slabs and the home are kept
+    /// (leaked) so those objects stay valid and can still be dropped;
+    /// everything else is freed. A stranded cache of a failed add is reclaimed.
     pub fn teardown(mut self) -> usize {
         self.release()
     }
 
     /// Takes one free object, on the fast path if this processor has one cached.
     #[inline(always)]
-    fn take<G: PinGuard + ?Sized>(&self, pin: &G) -> Result<Round, Error> {
-        let index = pin.processor();
-        // SAFETY: `pin` pins us to `index`; the cache is that processor's.
-        unsafe { self.take_from(self.caches.get(index), index) }
+    fn take(&self, pin: &PinGuard<'_, P>) -> Result<Round, Error> {
+        // SAFETY: `pin` pins us to its processor; the cache is that processor's.
+        unsafe { self.take_from(self.caches.current(pin), self.local_index(pin)) }
     }
 
     /// [`take`](Self::take) with the processor's cache already looked up.
     ///
     /// # Safety
     ///
-    /// The caller is pinned to `index`, and `cache`, if any, is `index`'s
-    /// (published or retired).
+    /// The caller is pinned to `at` (when `Some`: a processor of this pool's
+    /// machine; `None` for a pin of another machine's platform), and `cache`,
+    /// if any, is `at`'s (published or retired).
     #[inline(always)]
     unsafe fn take_from(
         &self,
         cache: Option<&Cache>,
-        index: ProcessorIndex,
+        at: Option<ProcessorIndex>,
     ) -> Result<Round, Error> {
         if let Some(cache) = cache {
             // SAFETY: pinned to the cache's processor (caller).
@@ -483,18 +543,21 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
                 return Ok(round);
             }
         }
-        // SAFETY: pinned to `index` (caller).
-        unsafe { self.take_slow(index) }
+        // SAFETY: pinned to `at` (caller).
+        unsafe { self.take_slow(at) }
     }
 
     /// An allocation the loaded magazine could not serve.
     ///
     /// # Safety
     ///
-    /// The caller is pinned to `index`.
+    /// As for [`take_from`](Self::take_from).
     #[cold]
     #[inline(never)]
-    unsafe fn take_slow(&self, index: ProcessorIndex) -> Result<Round, Error> {
+    unsafe fn take_slow(&self, at: Option<ProcessorIndex>) -> Result<Round, Error> {
+        let Some(index) = at else {
+            return self.take_direct(ProcessorIndex::ZERO);
+        };
         let Some(cache) = self.caches.get(index) else {
             // SAFETY: pinned to `index` (caller).
             unsafe { self.reclaim_retired(index) };
@@ -518,24 +581,42 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
             if let Some(round) = cache.fill(&mut depot, capacity) {
                 return Ok(round);
             }
-            self.grow(&mut depot, index)?;
+            if !self.adopt_returned(&mut depot) {
+                self.grow(&mut depot, index)?;
+            }
             cache.fill(&mut depot, capacity).ok_or(Error::Exhausted)
         }
     }
 
-    /// An allocation straight from the depot (no cache, or caching disabled).
-    /// Called by pinned code only (the lock's rule).
+    /// An allocation straight from the depot (no cache, or caching disabled);
+    /// `index` only places a slab if the pool grows. Called by pinned code only
+    /// (the lock's rule).
     fn take_direct(&self, index: ProcessorIndex) -> Result<Round, Error> {
         let mut depot = self.depot.lock();
         let round = match depot.take_one() {
             Some(round) => round,
             None => {
-                self.grow(&mut depot, index)?;
+                if !self.adopt_returned(&mut depot) {
+                    self.grow(&mut depot, index)?;
+                }
                 depot.take_one().ok_or(Error::Exhausted)?
             }
         };
         depot.count_direct_alloc();
         Ok(round)
+    }
+
+    /// Moves every object dropped away from the pool (its home list) into the
+    /// depot; whether there was any.
+    fn adopt_returned(&self, depot: &mut Depot) -> bool {
+        let mut any = false;
+        for round in self.home().take_all() {
+            // SAFETY: a free slot of this pool (pushed by a box's drop), now in
+            // no list but this one.
+            unsafe { depot.push_loose(round) };
+            any = true;
+        }
+        any
     }
 
     /// Grows the pool by a slab placed for `index`; its objects go loose.
@@ -564,11 +645,10 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     ///
     /// `round` is a slot of this pool that no one uses any more.
     #[inline(always)]
-    unsafe fn put<G: PinGuard + ?Sized>(&self, pin: &G, round: Round) {
-        let index = pin.processor();
-        // SAFETY: `pin` pins us to `index`; the cache is that processor's; a
-        // free slot (caller).
-        unsafe { self.put_into(self.caches.get(index), index, round) }
+    unsafe fn put(&self, pin: &PinGuard<'_, P>, round: Round) {
+        // SAFETY: `pin` pins us to its processor; the cache is that processor's;
+        // a free slot (caller).
+        unsafe { self.put_into(self.caches.current(pin), self.local_index(pin), round) }
     }
 
     /// [`put`](Self::put) with the processor's cache already looked up.
@@ -578,7 +658,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// As for [`take_from`](Self::take_from); `round` is a slot of this pool
     /// that no one uses any more.
     #[inline(always)]
-    unsafe fn put_into(&self, cache: Option<&Cache>, index: ProcessorIndex, round: Round) {
+    unsafe fn put_into(&self, cache: Option<&Cache>, at: Option<ProcessorIndex>, round: Round) {
         let mut round = round;
         if let Some(cache) = cache {
             // SAFETY: pinned to the cache's processor; a free slot (caller).
@@ -587,18 +667,23 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
                 Err(back) => round = back,
             }
         }
-        // SAFETY: pinned to `index`; a free slot (caller).
-        unsafe { self.put_slow(index, round) }
+        // SAFETY: pinned to `at`; a free slot (caller).
+        unsafe { self.put_slow(at, round) }
     }
 
     /// A free the loaded magazine could not take.
     ///
     /// # Safety
     ///
-    /// The caller is pinned to `index`; `round` is a free slot of this pool.
+    /// As for [`take_from`](Self::take_from); `round` is a free slot of this
+    /// pool.
     #[cold]
     #[inline(never)]
-    unsafe fn put_slow(&self, index: ProcessorIndex, round: Round) {
+    unsafe fn put_slow(&self, at: Option<ProcessorIndex>, round: Round) {
+        let Some(index) = at else {
+            // SAFETY: a free slot (caller).
+            return unsafe { self.put_direct(round) };
+        };
         let Some(cache) = self.caches.get(index) else {
             // SAFETY: pinned to `index`; a free slot (caller).
             unsafe {
@@ -675,6 +760,16 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         if mem::replace(&mut self.released, true) {
             return 0;
         }
+        // `&mut self`: no pinned code uses the pool; boxes may still be dropped
+        // on other threads, onto the home list, which is taken last of all.
+        let depot = self.depot.get_mut();
+        for round in
+            // SAFETY: the home is alive until the end of this function.
+            unsafe { self.home.as_ref() }.take_all()
+        {
+            // SAFETY: a free slot of this pool, in no other list.
+            unsafe { depot.push_loose(round) };
+        }
         let alloc = self.caches.allocator();
         let mut free = 0usize;
         for (_, cache) in self.caches.iter_all() {
@@ -688,6 +783,15 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         // SAFETY: the pool is going; the slabs are freed only if no object is
         // outstanding, so nothing uses them again.
         unsafe { depot.release(alloc, &self.magazine, &self.slab, outstanding == 0) };
+        if outstanding == 0 {
+            // SAFETY: no object is outstanding, so no box can push onto the home
+            // any more; it was allocated from `alloc` with this layout and is
+            // freed once (release runs once).
+            unsafe {
+                ptr::drop_in_place(self.home.as_ptr());
+                alloc.deallocate(self.home.cast(), Layout::new::<Home>());
+            }
+        }
         outstanding
     }
 }
@@ -696,7 +800,7 @@ impl<T, P: Platform, A: RawAlloc> Component for PerCpuPool<T, P, A>
 where
     Self: Sync,
 {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
         PerCpuPool::prepare(self, index)
     }
 
@@ -733,25 +837,26 @@ impl<T, P: Platform, A: RawAlloc> fmt::Debug for PerCpuPool<T, P, A> {
 /// runs, the batch keeps using the hidden cache; what it leaves there is
 /// stranded until code pinned to that processor next goes to the depot, as
 /// after any abort.
-pub struct LocalPool<'p, 'g, T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> {
-    pool: &'p PerCpuPool<T, P, A>,
-    pin: &'g G,
-    index: ProcessorIndex,
-    /// The processor's cache when the batch began: `pin`'s processor's,
-    /// published then, and alive as long as the pool.
-    cache: Option<&'p Cache>,
+pub struct LocalPool<'g, T, P: Platform, A: RawAlloc> {
+    pool: &'g PerCpuPool<T, P, A>,
+    pin: &'g PinGuard<'g, P>,
+    /// The pinned processor, if it is one of the pool's machine.
+    at: Option<ProcessorIndex>,
+    /// The processor's cache when the batch began: `at`'s, published then, and
+    /// alive as long as the pool.
+    cache: Option<&'g Cache>,
 }
 
-impl<'p, T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> LocalPool<'p, '_, T, P, A, G> {
+impl<T, P: Platform, A: RawAlloc> LocalPool<'_, T, P, A> {
     /// [`PerCpuPool::alloc`] on this processor.
     ///
     /// # Errors
     /// As [`PerCpuPool::alloc`].
     #[inline]
-    pub fn alloc(&self, value: T) -> Result<PoolBox<'p, T, P, A>, Error> {
+    pub fn alloc(&self, value: T) -> Result<PoolBox<T>, Error> {
         let object = self.alloc_raw(value)?;
         // SAFETY: a fresh object of this pool, holding `value`, owned by us.
-        Ok(unsafe { PoolBox::from_raw(self.pool, object) })
+        Ok(unsafe { PoolBox::new(object, self.pool.home) })
     }
 
     /// [`PerCpuPool::alloc_raw`] on this processor.
@@ -760,22 +865,23 @@ impl<'p, T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> LocalPool<'p, '_, T,
     /// As [`PerCpuPool::alloc`].
     #[inline]
     pub fn alloc_raw(&self, value: T) -> Result<NonNull<T>, Error> {
-        // SAFETY: `pin` pins us to `index`, and `cache` is that processor's.
-        let object = unsafe { self.pool.take_from(self.cache, self.index) }?.cast::<T>();
+        // SAFETY: the pin pins us to `at`, and `cache` is that processor's.
+        let object = unsafe { self.pool.take_from(self.cache, self.at) }?.cast::<T>();
         // SAFETY: the slot is ours, sized and aligned for `T` (slab::Slot).
         unsafe { object.as_ptr().write(value) };
         Ok(object)
     }
 
-    /// [`PoolBox::free`] on this processor. A box of another pool goes back
-    /// to its own pool.
+    /// [`PerCpuPool::free`] on this processor. A box of another pool is dropped,
+    /// which returns it to its own pool.
     #[inline]
-    pub fn free(&self, object: PoolBox<'p, T, P, A>) {
-        if !ptr::eq(object.pool(), self.pool) {
-            return object.free(self.pin);
+    pub fn free(&self, object: PoolBox<T>) {
+        if !object.is_from(self.pool.home) {
+            return drop(object);
         }
-        // SAFETY: the box owned a live object of this pool and gives it up.
-        unsafe { self.free_raw(object.into_raw()) }
+        let (object, _) = object.into_parts();
+        // SAFETY: the box owned a live object of this pool and gave it up.
+        unsafe { self.free_raw(object) }
     }
 
     /// [`PerCpuPool::free_raw`] on this processor.
@@ -788,24 +894,24 @@ impl<'p, T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> LocalPool<'p, '_, T,
         // SAFETY: a live `T` the caller gives up, dropped before the slot is
         // touched.
         unsafe { ptr::drop_in_place(object.as_ptr()) };
-        // SAFETY: pinned to `index`, `cache` is its; the slot is free now.
-        unsafe { self.pool.put_into(self.cache, self.index, object.cast()) }
+        // SAFETY: pinned to `at`, `cache` is its; the slot is free now.
+        unsafe { self.pool.put_into(self.cache, self.at, object.cast()) }
     }
 
     /// The pin this view was made with.
-    pub fn pin(&self) -> &G {
+    pub fn pin(&self) -> &PinGuard<'_, P> {
         self.pin
     }
 }
 
 /// Gives a slot back if an `alloc_with` constructor unwinds.
-struct GiveBack<'a, T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> {
+struct GiveBack<'a, 'g, T, P: Platform, A: RawAlloc> {
     pool: &'a PerCpuPool<T, P, A>,
-    pin: &'a G,
+    pin: &'a PinGuard<'g, P>,
     round: Round,
 }
 
-impl<T, P: Platform, A: RawAlloc, G: PinGuard + ?Sized> Drop for GiveBack<'_, T, P, A, G> {
+impl<T, P: Platform, A: RawAlloc> Drop for GiveBack<'_, '_, T, P, A> {
     fn drop(&mut self) {
         // SAFETY: the slot was taken by `alloc_with` and never handed out.
         unsafe { self.pool.put(self.pin, self.round) }

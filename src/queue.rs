@@ -43,7 +43,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, UnsafeCell, PUBLISH};
 use crate::{
-    Component, Error, InitFn, Iter, PerCpu, PinGuard, Platform, ProcessorIndex, RawAlloc,
+    Component, Error, InitFn, Iter, PerCpu, PinGuard, Platform, Prepared, ProcessorIndex, RawAlloc,
     SlotPadding, SlotState, CACHE_LINE,
 };
 
@@ -485,12 +485,12 @@ impl<T> fmt::Debug for DrainAll<'_, T> {
 /// assert_eq!(drained, [(cpu1, "read 4K"), (cpu1, "write 8K")]);
 /// # Ok::<(), perproc::Error>(())
 /// ```
-pub struct PerCpuQueue<T, A: RawAlloc> {
-    rings: PerCpu<Ring<T>, A>,
+pub struct PerCpuQueue<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc> {
+    rings: PerCpu<Ring<T>, P, A>,
     shape: Shape,
 }
 
-impl<T, A: RawAlloc> PerCpuQueue<T, A> {
+impl<T, P: Platform> PerCpuQueue<T, P> {
     /// A queue of `capacity` items for each processor the platform can have. No
     /// processor is prepared yet: registration (or [`prepare`](Self::prepare))
     /// adds them; only then is memory allocated for a processor.
@@ -498,37 +498,31 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
     /// # Errors
     /// [`Error::CapacityOverflow`] for a `capacity` of 0 or one whose storage
     /// does not fit the address space; [`Error::OutOfMemory`] for the table.
-    pub fn new<P>(platform: &P, capacity: usize) -> Result<Self, Error>
-    where
-        P: Platform<Alloc = A>,
-    {
-        let shape = Shape::new::<T>(capacity)?;
-        let init: InitFn<Ring<T>> = Ring::empty;
-        Ok(Self {
-            rings: PerCpu::new(platform, init)?,
-            shape,
-        })
+    pub fn new(platform: &P, capacity: usize) -> Result<Self, Error> {
+        Self::new_in(platform, platform.allocator(), capacity)
     }
+}
 
-    /// A queue of `capacity` items for each of processors `0..processors`,
-    /// allocating from `alloc`.
+impl<T, P: Platform, A: RawAlloc> PerCpuQueue<T, P, A> {
+    /// [`new`](PerCpuQueue::new) with memory from `alloc` (a pool tag of its
+    /// own, a counting or failing allocator in tests).
     ///
     /// ```
-    /// use perproc::{host::HostAlloc, PerCpuQueue, ProcessorIndex};
-    /// let completions = PerCpuQueue::with_capacity_in(64, 256, HostAlloc)?;
-    /// completions.prepare(ProcessorIndex::new(63).unwrap())?;
+    /// use perproc::{host::{HostAlloc, HostPlatform}, PerCpuQueue, ProcessorIndex};
+    /// let platform = HostPlatform::new(64)?;
+    /// let completions = PerCpuQueue::<u64, _, _>::new_in(&platform, HostAlloc, 256)?;
+    /// let _ = completions.prepare(ProcessorIndex::new(63).unwrap())?;
     /// assert_eq!(completions.capacity(), 256);
-    /// # let _: &PerCpuQueue<u64, HostAlloc> = &completions;
     /// # Ok::<(), perproc::Error>(())
     /// ```
     ///
     /// # Errors
-    /// As [`new`](Self::new).
-    pub fn with_capacity_in(processors: usize, capacity: usize, alloc: A) -> Result<Self, Error> {
+    /// As [`new`](PerCpuQueue::new).
+    pub fn new_in(platform: &P, alloc: A, capacity: usize) -> Result<Self, Error> {
         let shape = Shape::new::<T>(capacity)?;
         let init: InitFn<Ring<T>> = Ring::empty;
         Ok(Self {
-            rings: PerCpu::with_capacity_in(processors, alloc, SlotPadding::CacheLine, init)?,
+            rings: PerCpu::with_padding_in(platform, alloc, SlotPadding::CacheLine, init)?,
             shape,
         })
     }
@@ -542,15 +536,16 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
     /// processor's queue is full, or [`Error::NotPrepared`] if the processor has
     /// no queue (not added yet, or its add was aborted).
     #[inline]
-    pub fn push<G: PinGuard + ?Sized>(&self, pin: &G, item: T) -> Result<(), PushError<T>> {
+    pub fn push(&self, pin: &PinGuard<'_, P>, item: T) -> Result<(), PushError<T>> {
         let Some(ring) = self.rings.current(pin) else {
             return Err(PushError {
                 item,
                 error: Error::NotPrepared,
             });
         };
-        // SAFETY: `ring` is the queue of the processor `pin` holds, and a
-        // `PinGuard` for an index exists on one thread at a time (its promise 2),
+        // SAFETY: `ring` is the queue of the processor `pin` holds (of this
+        // queue's machine: `current` checks), and a pin for an index exists on
+        // one thread at a time (Platform promise 2),
         // so this thread is the ring's only producer; `push` runs no code of the
         // caller's, so it is not re-entered.
         unsafe { ring.push(&self.shape, item) }
@@ -644,7 +639,7 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
     /// [`Error::IndexOutOfRange`], [`Error::OutOfMemory`], [`Error::Busy`]
     /// while another event for `index` is in flight. On error nothing is
     /// published and nothing leaks.
-    pub fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+    pub fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
         if index.as_usize() >= self.rings.capacity() {
             return Err(Error::IndexOutOfRange {
                 index,
@@ -658,7 +653,7 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
             Some(self.allocate_cells(index)?)
         };
         // On error `fresh` is dropped, which frees the cells.
-        self.rings.prepare(index)?;
+        let prepared = self.rings.prepare(index)?;
         // Between our prepare and this, a concurrent abort may have hidden the
         // ring (then it is retired) or be hiding it (then neither finds it:
         // `fresh` is freed and the next prepare of `index` allocates again).
@@ -666,7 +661,7 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
         if let Some(fresh) = fresh {
             fresh.install(ring);
         }
-        Ok(())
+        Ok(prepared)
     }
 
     /// AddComplete: marks processor `index` online. O(1), allocates nothing.
@@ -711,7 +706,7 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
     }
 
     /// Allocates and initialises a ring's cells, placed for `index`.
-    fn allocate_cells(&self, index: ProcessorIndex) -> Result<FreshCells<'_, T, A>, Error> {
+    fn allocate_cells(&self, index: ProcessorIndex) -> Result<FreshCells<'_, T, P, A>, Error> {
         let cells = if self.shape.layout.size() == 0 {
             // Zero-sized items: no memory, any aligned pointer will do.
             NonNull::dangling()
@@ -757,12 +752,12 @@ impl<T, A: RawAlloc> PerCpuQueue<T, A> {
 }
 
 /// Cells allocated by a prepare, freed on drop unless installed.
-struct FreshCells<'a, T, A: RawAlloc> {
-    queue: &'a PerCpuQueue<T, A>,
+struct FreshCells<'a, T, P: Platform, A: RawAlloc> {
+    queue: &'a PerCpuQueue<T, P, A>,
     cells: NonNull<Cell<T>>,
 }
 
-impl<T, A: RawAlloc> FreshCells<'_, T, A> {
+impl<T, P: Platform, A: RawAlloc> FreshCells<'_, T, P, A> {
     /// Gives the cells to a ring that has none; frees them if another prepare
     /// got there first.
     fn install(self, ring: &Ring<T>) {
@@ -781,7 +776,7 @@ impl<T, A: RawAlloc> FreshCells<'_, T, A> {
     }
 }
 
-impl<T, A: RawAlloc> Drop for FreshCells<'_, T, A> {
+impl<T, P: Platform, A: RawAlloc> Drop for FreshCells<'_, T, P, A> {
     fn drop(&mut self) {
         // SAFETY: ours from `allocate_cells`, never published, so empty and
         // unreachable by anyone else.
@@ -789,7 +784,7 @@ impl<T, A: RawAlloc> Drop for FreshCells<'_, T, A> {
     }
 }
 
-impl<T, A: RawAlloc> Drop for PerCpuQueue<T, A> {
+impl<T, P: Platform, A: RawAlloc> Drop for PerCpuQueue<T, P, A> {
     fn drop(&mut self) {
         // A loom model that failed inside a cell access unwinds through here with
         // that access still open; touching the cells again would abort the run
@@ -824,12 +819,11 @@ impl<T, A: RawAlloc> Drop for PerCpuQueue<T, A> {
     }
 }
 
-impl<T, A> Component for PerCpuQueue<T, A>
+impl<T, P: Platform, A: RawAlloc> Component for PerCpuQueue<T, P, A>
 where
-    T: Send,
-    A: RawAlloc + Sync,
+    Self: Sync,
 {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
+    fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
         PerCpuQueue::prepare(self, index)
     }
 
@@ -844,7 +838,7 @@ where
     }
 }
 
-impl<T, A: RawAlloc> fmt::Debug for PerCpuQueue<T, A> {
+impl<T, P: Platform, A: RawAlloc> fmt::Debug for PerCpuQueue<T, P, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerCpuQueue")
             .field("capacity", &self.shape.capacity)

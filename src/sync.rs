@@ -47,6 +47,28 @@ impl<T> UnsafeCell<T> {
 }
 
 #[cfg(not(loom))]
+impl<T: bytemuck::Zeroable> UnsafeCell<T> {
+    /// Zeroes the cell at `cell` where it is and returns its value: for values
+    /// too large for a kernel stack.
+    ///
+    /// # Safety
+    /// `cell` is valid for writes and aligned, and the value is not used through
+    /// any other pointer while the reference lives.
+    #[inline]
+    pub(crate) unsafe fn zeroed_in_place<'a>(cell: *mut Self) -> &'a mut T {
+        // `UnsafeCell<T>` (this one and core's) has `T`'s layout.
+        let value = cell.cast::<T>();
+        // SAFETY: valid for writes and aligned (caller); all-zero bytes are a
+        // valid `T` (`Zeroable`), so the reference is to an initialised value,
+        // not aliased (caller).
+        unsafe {
+            value.write_bytes(0, 1);
+            &mut *value
+        }
+    }
+}
+
+#[cfg(not(loom))]
 impl<T: ?Sized> UnsafeCell<T> {
     #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
@@ -111,5 +133,26 @@ impl<T> Mutex<T> {
             Ok(value) => value,
             Err(poisoned) => poisoned.into_inner(),
         };
+    }
+}
+
+/// Loom's cell has state of its own, so under loom the zeroed value is built
+/// and moved in (loom models use small values).
+#[cfg(loom)]
+pub(crate) trait ZeroedInPlace<T> {
+    /// # Safety
+    /// As the non-loom `zeroed_in_place`.
+    unsafe fn zeroed_in_place<'a>(cell: *mut Self) -> &'a mut T;
+}
+
+#[cfg(loom)]
+impl<T: bytemuck::Zeroable> ZeroedInPlace<T> for UnsafeCell<T> {
+    unsafe fn zeroed_in_place<'a>(cell: *mut Self) -> &'a mut T {
+        // SAFETY: valid for writes and aligned (caller); the cell's value is
+        // not used elsewhere while the reference lives (caller).
+        unsafe {
+            cell.write(UnsafeCell::new(T::zeroed()));
+            (*cell).with_mut(|value| &mut *value)
+        }
     }
 }

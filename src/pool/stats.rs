@@ -69,7 +69,7 @@ impl ProcessorStats {
 
 /// The whole pool, from [`PerCpuPool::stats`](super::PerCpuPool::stats).
 ///
-/// When idle, `objects == outstanding + in_depot + cached + stranded`.
+/// When idle, `objects == outstanding + in_depot + cached + stranded + returning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolStats {
     /// The most objects the pool may hold ([`Limits::total`](super::Limits::total)).
@@ -84,6 +84,9 @@ pub struct PoolStats {
     pub cached: usize,
     /// Free objects in the magazines of processors whose add was aborted.
     pub stranded: usize,
+    /// Objects dropped away from the pool (boxes dropped instead of freed),
+    /// on their way back: the pool takes them in before it would grow.
+    pub returning: usize,
     /// Processors with a published cache.
     pub processors: usize,
     /// Slabs allocated.
