@@ -95,10 +95,10 @@
 extern crate std;
 
 mod allocator;
-mod change;
 #[cfg(target_has_atomic = "64")]
 mod counter;
 mod error;
+mod hot_add;
 mod percpu;
 mod platform;
 mod pool;
@@ -113,10 +113,10 @@ pub mod testing;
 
 pub use allocator::{AllocError, RawAlloc};
 pub use bytemuck::Zeroable;
-pub use change::{ChangeState, Component, Prepared, ProcessorChange};
 #[cfg(target_has_atomic = "64")]
 pub use counter::{CounterId, LocalCounters, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
+pub use hot_add::{ChangeState, Component, Prepared, ProcessorChange};
 pub use percpu::{InPlace, InPlaceFn, InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinError, PinGuard, Platform};
 pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};

@@ -124,7 +124,7 @@ impl<T> Slot<T> {
 
 /// What changes in a container besides its table words; at the start of the
 /// table's block.
-struct Shared<T> {
+struct TableHeader<T> {
     /// The most recently built slot; the list runs through `Slot::next`.
     head: AtomicPtr<Slot<T>>,
     published: AtomicUsize,
@@ -198,7 +198,7 @@ pub struct PerCpu<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc, F = Init
     // registers across its reads (the compiler knows they cannot change), which
     // it could not do across an acquire load if the atomics lived here.
     /// The bookkeeping at the start of the block (see `block_layout`).
-    shared: NonNull<Shared<T>>,
+    shared: NonNull<TableHeader<T>>,
     /// `capacity` words, in the same block after `shared`. Never reallocated.
     table: NonNull<AtomicPtr<Slot<T>>>,
     capacity: usize,
@@ -281,16 +281,16 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
         let slot_layout = slot_layout::<T>(padding)?;
         let (layout, words) = block_layout::<T>(capacity)?;
         let block = alloc.allocate(layout, None)?;
-        let shared = block.cast::<Shared<T>>();
+        let shared = block.cast::<TableHeader<T>>();
         // SAFETY: `words <= layout.size()` (it is the offset of the words within
         // `layout`), so the result stays in the block (allocator promise 1).
         let table = unsafe { block.add(words) }.cast::<AtomicPtr<Slot<T>>>();
-        // SAFETY: the block has `layout`: a `Shared<T>` at offset 0 and
+        // SAFETY: the block has `layout`: a `TableHeader<T>` at offset 0 and
         // `capacity` words at offset `words`, each aligned for its type
         // (allocator promises 1 and 2); `i < capacity`; each is written once,
         // before the container exists, so before anything reads it.
         unsafe {
-            shared.as_ptr().write(Shared {
+            shared.as_ptr().write(TableHeader {
                 head: AtomicPtr::new(ptr::null_mut()),
                 published: AtomicUsize::new(0),
                 online: AtomicUsize::new(0),
@@ -769,8 +769,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
 
     /// The list head and the counts.
     #[inline(always)]
-    fn shared(&self) -> &Shared<T> {
-        // SAFETY: `shared` points to the `Shared` written in the constructor,
+    fn shared(&self) -> &TableHeader<T> {
+        // SAFETY: `shared` points to the `TableHeader` written in the constructor,
         // alive until drop, and only accessed atomically through shared
         // references.
         unsafe { self.shared.as_ref() }
@@ -839,7 +839,7 @@ impl<T, P: Platform, A: RawAlloc, F> Drop for PerCpu<T, P, A, F> {
         if let Ok((layout, _)) = block_layout::<T>(self.capacity) {
             // SAFETY: the block was allocated with this layout in the
             // constructor (the same computation succeeded there) and its
-            // `Shared` and words were initialised; nothing uses them after this.
+            // `TableHeader` and words were initialised; nothing uses them after this.
             unsafe {
                 ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
                     self.table.as_ptr(),
@@ -946,12 +946,12 @@ fn building<T>() -> *mut Slot<T> {
     ptr::without_provenance_mut(BUILDING)
 }
 
-/// The block of a container's bookkeeping and table: a `Shared<T>`, then
+/// The block of a container's bookkeeping and table: a `TableHeader<T>`, then
 /// `capacity` words; and the offset of the words. Never zero-sized.
 fn block_layout<T>(capacity: usize) -> Result<(Layout, usize), Error> {
     let words =
         Layout::array::<AtomicPtr<Slot<T>>>(capacity).map_err(|_| Error::CapacityOverflow)?;
-    let (layout, offset) = Layout::new::<Shared<T>>()
+    let (layout, offset) = Layout::new::<TableHeader<T>>()
         .extend(words)
         .map_err(|_| Error::CapacityOverflow)?;
     Ok((layout.pad_to_align(), offset))

@@ -92,7 +92,7 @@ use core::ptr::{self, NonNull};
 use crossbeam_utils::CachePadded;
 
 use self::cache::Cache;
-use self::depot::{Depot, Shared};
+use self::depot::{Depot, SharedDepot};
 pub use self::handle::PoolBox;
 use self::home::Home;
 use self::magazine::Round;
@@ -156,14 +156,14 @@ pub struct Limits {
 /// ```
 pub struct PerCpuPool<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc> {
     caches: PerCpu<Cache, P, A>,
-    magazine: magazine::Shape,
-    slab: slab::Shape,
+    magazine: magazine::MagazineShape,
+    slab: slab::SlabShape,
     limits: Limits,
     /// Where dropped boxes go back; its own block (see `home`).
     home: NonNull<Home>,
     /// Written by every processor's slow path: kept off the lines the fast
     /// path reads.
-    depot: CachePadded<Shared>,
+    depot: CachePadded<SharedDepot>,
     released: bool,
     /// Hands out `T`s; holds none itself (free slots are uninitialised), so
     /// the pool is `Send`/`Sync` whatever `T` is: `T`s cross threads only in
@@ -224,13 +224,13 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// # Errors
     /// As [`new`](PerCpuPool::new).
     pub fn new_in(platform: &P, alloc: A, limits: Limits) -> Result<Self, Error> {
-        let magazine = magazine::Shape::new(limits.per_cpu / 2)?;
-        let slot = slab::Shape::new::<T>(1)?.slot_size();
+        let magazine = magazine::MagazineShape::new(limits.per_cpu / 2)?;
+        let slot = slab::SlabShape::new::<T>(1)?.slot_size();
         let per_slab = SLAB_BYTES
             .checked_div(slot)
             .unwrap_or(1)
             .max(magazine.capacity());
-        let slab = slab::Shape::new::<T>(per_slab)?;
+        let slab = slab::SlabShape::new::<T>(per_slab)?;
         let init: fn(ProcessorIndex) -> Result<Cache, Error> = no_cache;
         let caches = PerCpu::with_padding_in(platform, alloc, SlotPadding::CacheLine, init)?;
         // On error `caches` drops and frees its table.
@@ -246,7 +246,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
             slab,
             limits,
             home,
-            depot: CachePadded::new(Shared::new()),
+            depot: CachePadded::new(SharedDepot::new()),
             released: false,
             _objects: PhantomData,
         })
@@ -339,7 +339,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
         let value = init();
         mem::forget(give_back);
         let object = round.cast::<T>();
-        // SAFETY: the slot is ours, sized and aligned for `T` (slab::Slot).
+        // SAFETY: the slot is ours, sized and aligned for `T` (slab::ObjectSlot).
         unsafe { object.as_ptr().write(value) };
         // SAFETY: as in `alloc`.
         Ok(unsafe { PoolBox::new(object, self.home) })
@@ -354,7 +354,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     #[inline]
     pub fn alloc_raw(&self, pin: &PinGuard<'_, P>, value: T) -> Result<NonNull<T>, Error> {
         let object = self.take(pin)?.cast::<T>();
-        // SAFETY: the slot is ours, sized and aligned for `T` (slab::Slot).
+        // SAFETY: the slot is ours, sized and aligned for `T` (slab::ObjectSlot).
         unsafe { object.as_ptr().write(value) };
         Ok(object)
     }
@@ -867,7 +867,7 @@ impl<T, P: Platform, A: RawAlloc> LocalPool<'_, T, P, A> {
     pub fn alloc_raw(&self, value: T) -> Result<NonNull<T>, Error> {
         // SAFETY: the pin pins us to `at`, and `cache` is that processor's.
         let object = unsafe { self.pool.take_from(self.cache, self.at) }?.cast::<T>();
-        // SAFETY: the slot is ours, sized and aligned for `T` (slab::Slot).
+        // SAFETY: the slot is ours, sized and aligned for `T` (slab::ObjectSlot).
         unsafe { object.as_ptr().write(value) };
         Ok(object)
     }

@@ -88,7 +88,7 @@ impl<T> core::error::Error for PushError<T> {}
 
 /// The geometry every processor's ring shares.
 #[derive(Clone, Copy, Debug)]
-struct Shape {
+struct RingShape {
     /// Items a ring holds at most (what the caller asked for).
     capacity: usize,
     /// Cells per ring: `capacity` rounded up to a power of two, so a position
@@ -100,7 +100,7 @@ struct Shape {
     layout: Layout,
 }
 
-impl Shape {
+impl RingShape {
     fn new<T>(capacity: usize) -> Result<Self, Error> {
         if capacity == 0 {
             return Err(Error::CapacityOverflow);
@@ -202,7 +202,7 @@ impl<T> Ring<T> {
     /// [`PinGuard`] for the ring's processor (only one thread can), and does not
     /// re-enter.
     #[inline(always)]
-    unsafe fn push(&self, shape: &Shape, item: T) -> Result<(), PushError<T>> {
+    unsafe fn push(&self, shape: &RingShape, item: T) -> Result<(), PushError<T>> {
         let Some(cells) = NonNull::new(self.cells.load(Ordering::Acquire)) else {
             return Err(PushError {
                 item,
@@ -487,7 +487,7 @@ impl<T> fmt::Debug for DrainAll<'_, T> {
 /// ```
 pub struct PerCpuQueue<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc> {
     rings: PerCpu<Ring<T>, P, A>,
-    shape: Shape,
+    shape: RingShape,
 }
 
 impl<T, P: Platform> PerCpuQueue<T, P> {
@@ -519,7 +519,7 @@ impl<T, P: Platform, A: RawAlloc> PerCpuQueue<T, P, A> {
     /// # Errors
     /// As [`new`](PerCpuQueue::new).
     pub fn new_in(platform: &P, alloc: A, capacity: usize) -> Result<Self, Error> {
-        let shape = Shape::new::<T>(capacity)?;
+        let shape = RingShape::new::<T>(capacity)?;
         let init: InitFn<Ring<T>> = Ring::empty;
         Ok(Self {
             rings: PerCpu::with_padding_in(platform, alloc, SlotPadding::CacheLine, init)?,

@@ -14,7 +14,7 @@
 use core::ptr::NonNull;
 
 use super::depot::Depot;
-use super::magazine::{self, Magazine, Round, Shape};
+use super::magazine::{self, Magazine, MagazineShape, Round};
 use super::ProcessorStats;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Error, ProcessorIndex, RawAlloc};
@@ -68,7 +68,7 @@ fn bump(counter: &AtomicU64) {
 impl Cache {
     /// A cache with two empty magazines placed for `processor`.
     pub(super) fn new<A: RawAlloc>(
-        shape: &Shape,
+        shape: &MagazineShape,
         alloc: &A,
         processor: ProcessorIndex,
     ) -> Result<Self, Error> {
@@ -247,7 +247,7 @@ impl Cache {
     /// # Safety
     ///
     /// The caller owns the pool exclusively and never uses this cache again.
-    pub(super) unsafe fn release<A: RawAlloc>(&self, shape: &Shape, alloc: &A) -> usize {
+    pub(super) unsafe fn release<A: RawAlloc>(&self, shape: &MagazineShape, alloc: &A) -> usize {
         let rounds = self.cached();
         self.magazines.with_mut(|magazines| {
             // SAFETY: the pool is ours alone (caller); the magazines came from

@@ -12,7 +12,7 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use super::magazine::{self, List, Round};
-use super::slab::{self, Header};
+use super::slab::{self, SlabHeader};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::RawAlloc;
 
@@ -27,7 +27,7 @@ pub(super) struct Depot {
     loose: Option<Round>,
     loose_count: usize,
     /// Every slab, newest first.
-    slabs: Option<NonNull<Header>>,
+    slabs: Option<NonNull<SlabHeader>>,
     slab_count: usize,
     /// Objects in the slabs.
     objects: usize,
@@ -61,7 +61,7 @@ impl Depot {
     /// handed out) and that is in no magazine and no list.
     pub(super) unsafe fn push_loose(&mut self, round: Round) {
         // SAFETY: the slot is ours (caller) and at least a pointer, aligned for
-        // one (slab::Slot).
+        // one (slab::ObjectSlot).
         unsafe { round.cast::<Option<Round>>().write(self.loose) };
         self.loose = Some(round);
         self.loose_count = self.loose_count.saturating_add(1);
@@ -111,7 +111,7 @@ impl Depot {
     ///
     /// `slab` is a fresh slab of `shape`, allocated from this pool's allocator
     /// and known to no one else.
-    pub(super) unsafe fn add_slab(&mut self, slab: NonNull<Header>, shape: &slab::Shape) {
+    pub(super) unsafe fn add_slab(&mut self, slab: NonNull<SlabHeader>, shape: &slab::SlabShape) {
         // SAFETY: the header is live and ours (caller).
         let objects = unsafe {
             (*slab.as_ptr()).next = self.slabs;
@@ -151,8 +151,8 @@ impl Depot {
     pub(super) unsafe fn release<A: RawAlloc>(
         &mut self,
         alloc: &A,
-        magazines: &magazine::Shape,
-        slab_shape: &slab::Shape,
+        magazines: &magazine::MagazineShape,
+        slab_shape: &slab::SlabShape,
         slabs: bool,
     ) {
         while let Some((magazine, _)) = self.full.pop().or_else(|| self.empty.pop()) {
@@ -176,7 +176,7 @@ impl Depot {
 }
 
 /// The depot, its lock, and the counters mirrored for lock-free reading.
-pub(super) struct Shared {
+pub(super) struct SharedDepot {
     lock: Mutex<Depot>,
     /// Magazines allocated (in the depot or held by processors).
     pub(super) magazines: AtomicUsize,
@@ -187,7 +187,7 @@ pub(super) struct Shared {
     pub(super) direct_frees: AtomicU64,
 }
 
-impl Shared {
+impl SharedDepot {
     pub(super) fn new() -> Self {
         Self {
             lock: Mutex::new(Depot::default()),
@@ -217,7 +217,7 @@ impl Shared {
 /// The locked depot; unlocking mirrors its counters.
 pub(super) struct Locked<'a> {
     depot: MutexGuard<'a, Depot>,
-    shared: &'a Shared,
+    shared: &'a SharedDepot,
 }
 
 impl Deref for Locked<'_> {

@@ -43,7 +43,7 @@ impl Home {
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
-            // SAFETY: a slot is at least a pointer, aligned for one (slab::Slot),
+            // SAFETY: a slot is at least a pointer, aligned for one (slab::ObjectSlot),
             // and ours alone until the CAS below publishes it.
             unsafe { round.cast::<*mut u8>().as_ptr().write(head) };
             match self.head.compare_exchange_weak(

@@ -25,17 +25,17 @@ pub(super) struct Magazine {
     rounds: [Round; 0],
 }
 
-// The rounds start right after the header, where `Shape` puts them.
+// The rounds start right after the header, where `MagazineShape` puts them.
 const _: () = assert!(offset_of!(Magazine, rounds) == size_of::<Magazine>());
 
 /// The layout every magazine of a pool has.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Shape {
+pub(super) struct MagazineShape {
     capacity: usize,
     layout: Layout,
 }
 
-impl Shape {
+impl MagazineShape {
     /// Magazines of `capacity` rounds.
     pub(super) fn new(capacity: usize) -> Result<Self, Error> {
         let rounds = Layout::array::<Round>(capacity).map_err(|_| Error::CapacityOverflow)?;

@@ -9,11 +9,11 @@ use core::ptr::{self, NonNull};
 use super::magazine::Round;
 use crate::{Error, ProcessorIndex, RawAlloc};
 
-/// A slab's header; its object slots follow, at `Shape::offset(objects)`.
+/// A slab's header; its object slots follow, at `SlabShape::offset(objects)`.
 #[repr(C)]
-pub(super) struct Header {
+pub(super) struct SlabHeader {
     /// The slab grown before this one (the depot's list, for freeing).
-    pub(super) next: Option<NonNull<Header>>,
+    pub(super) next: Option<NonNull<SlabHeader>>,
     /// How many object slots follow.
     pub(super) objects: usize,
 }
@@ -21,24 +21,24 @@ pub(super) struct Header {
 /// One object slot: the object while it is handed out, the free list's link
 /// while it is in the depot. So a slot is at least a pointer, aligned for one.
 #[repr(C)]
-union Slot<T> {
+union ObjectSlot<T> {
     _object: ManuallyDrop<T>,
     _link: Option<Round>,
 }
 
 /// How a pool's slabs are laid out.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Shape {
+pub(super) struct SlabShape {
     slot: Layout,
     per_slab: usize,
 }
 
-impl Shape {
+impl SlabShape {
     /// Slabs of at most `per_slab` slots for `T`. Fails if such a slab would not
     /// fit the address space, so that growth later can only fail for memory.
     pub(super) fn new<T>(per_slab: usize) -> Result<Self, Error> {
         let shape = Self {
-            slot: Layout::new::<Slot<T>>().pad_to_align(),
+            slot: Layout::new::<ObjectSlot<T>>().pad_to_align(),
             per_slab: per_slab.max(1),
         };
         shape.layout(shape.per_slab)?;
@@ -64,7 +64,7 @@ impl Shape {
             .ok_or(Error::CapacityOverflow)?;
         let slots = Layout::from_size_align(size, self.slot.align())
             .map_err(|_| Error::CapacityOverflow)?;
-        let (layout, offset) = Layout::new::<Header>()
+        let (layout, offset) = Layout::new::<SlabHeader>()
             .extend(slots)
             .map_err(|_| Error::CapacityOverflow)?;
         Ok((layout.pad_to_align(), offset))
@@ -76,13 +76,15 @@ impl Shape {
         alloc: &A,
         objects: usize,
         processor: ProcessorIndex,
-    ) -> Result<NonNull<Header>, Error> {
+    ) -> Result<NonNull<SlabHeader>, Error> {
         let (layout, _) = self.layout(objects)?;
-        let slab = alloc.allocate(layout, Some(processor))?.cast::<Header>();
+        let slab = alloc
+            .allocate(layout, Some(processor))?
+            .cast::<SlabHeader>();
         // SAFETY: the block is valid for `layout`, which starts with an aligned
-        // `Header` (allocator promises 1 and 2), and is ours alone.
+        // `SlabHeader` (allocator promises 1 and 2), and is ours alone.
         unsafe {
-            slab.as_ptr().write(Header {
+            slab.as_ptr().write(SlabHeader {
                 next: None,
                 objects,
             })
@@ -95,7 +97,7 @@ impl Shape {
     /// # Safety
     ///
     /// `slab` is live, came from this shape, and `i` is below its `objects`.
-    pub(super) unsafe fn slot(&self, slab: NonNull<Header>, i: usize) -> Result<Round, Error> {
+    pub(super) unsafe fn slot(&self, slab: NonNull<SlabHeader>, i: usize) -> Result<Round, Error> {
         // SAFETY: the header is live (caller).
         let objects = unsafe { (*slab.as_ptr()).objects };
         let (_, offset) = self.layout(objects)?;
@@ -114,7 +116,7 @@ impl Shape {
     ///
     /// `slab` came from [`allocate`](Self::allocate) of this shape with `alloc`,
     /// and none of its slots is used again.
-    pub(super) unsafe fn free<A: RawAlloc>(&self, alloc: &A, slab: NonNull<Header>) {
+    pub(super) unsafe fn free<A: RawAlloc>(&self, alloc: &A, slab: NonNull<SlabHeader>) {
         // SAFETY: the header is live (caller).
         let objects = unsafe { (*slab.as_ptr()).objects };
         if let Ok((layout, _)) = self.layout(objects) {
