@@ -29,7 +29,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode, Throughput};
-use perproc::{Components, ProcessorIndex};
+use perproc::{Component, Prepared, ProcessorIndex};
 
 #[path = "baselines/mod.rs"]
 mod baselines;
@@ -61,7 +61,7 @@ fn index(i: usize) -> ProcessorIndex {
 
 /// Adds processor `i` to perproc's container (prepare, then commit).
 fn add_ours(table: &Ours, i: usize) {
-    table.prepare(index(i)).unwrap();
+    assert_eq!(table.prepare(index(i)).unwrap(), Prepared::New);
     table.commit(index(i)).unwrap();
 }
 
@@ -171,12 +171,12 @@ fn registration(c: &mut Criterion) {
                     let first = ours(MAX);
                     let second = ours(MAX);
                     let start = Instant::now();
-                    let parts = Components::new([&first, &second]);
+                    let parts = (&first, &second);
                     for i in 0..n {
-                        parts.start(index(i)).unwrap();
+                        assert_eq!(parts.prepare(index(i)).unwrap(), Prepared::New);
                     }
                     for i in 0..n {
-                        parts.complete(index(i)).unwrap();
+                        parts.commit(index(i)).unwrap();
                     }
                     total += start.elapsed();
                 }

@@ -36,19 +36,21 @@ fn hot_path(c: &mut Criterion) {
     let contenders = Contenders::new(usize::try_from(PROCESSORS).unwrap());
 
     // Held for the whole group, as a DPC holds DISPATCH_LEVEL.
-    let pin = platform.pin();
-    let mut group = c.benchmark_group("hot_path");
-    for variant in VARIANTS {
-        group.bench_function(variant, |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                black_box(contenders.run(variant, black_box(&pin), iters));
-                start.elapsed()
-            })
-        });
-    }
-    group.finish();
-    drop(pin);
+    platform
+        .pinned(|pin| {
+            let mut group = c.benchmark_group("hot_path");
+            for variant in VARIANTS {
+                group.bench_function(variant, |b| {
+                    b.iter_custom(|iters| {
+                        let start = Instant::now();
+                        black_box(contenders.run(variant, black_box(pin), iters));
+                        start.elapsed()
+                    })
+                });
+            }
+            group.finish();
+        })
+        .unwrap();
 }
 
 criterion_group!(benches, hot_path);

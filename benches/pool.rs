@@ -12,9 +12,15 @@
 //! - `heapless`: `heapless::pool::boxed` (a tagged Treiber stack, lock-free);
 //! - `perproc_raw`: `PerCpuPool::alloc_raw` / `free_raw` (each looks up the
 //!   processor's cache);
-//! - `perproc_box`: `PerCpuPool::alloc` / `PoolBox::free`;
-//! - `perproc_local`: `PerCpuPool::local(&pin)` once per batch, then
-//!   `LocalPool::alloc` / `free` (the cache is looked up once per batch).
+//! - `perproc_box`: `PerCpuPool::alloc` / `PerCpuPool::free(pin, boxed)` (the
+//!   owned box given back on the fast path);
+//! - `perproc_local`: `PerCpuPool::local(pin)` once per batch, then
+//!   `LocalPool::alloc` / `free` (the cache is looked up once per batch);
+//! - `perproc_home`: `PerCpuPool::alloc` pinned, then the batch's boxes dropped
+//!   after the pin (a driver that lets boxes go instead of freeing them): each
+//!   drop pushes onto the pool's home list with one compare-and-swap, and the
+//!   pool takes the list back under its lock when the cache and depot run dry.
+//!   (Plus one `Vec` to hold a batch, allocated once per batch.)
 //!
 //! The pool is used the way a DPC uses it: pinned once per batch of
 //! [`BATCH`] pairs (on the host a pin is one compare-and-swap on the simulated
@@ -32,7 +38,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use heapless::pool::boxed::BoxBlock;
 use perproc::host::HostPlatform;
-use perproc::{Limits, PerCpuPool, Platform, ProcessorIndex};
+use perproc::{Limits, PerCpuPool, Platform, Prepared, ProcessorIndex};
 
 /// The object: 64 bytes.
 type Obj = [u64; 8];
@@ -140,16 +146,17 @@ enum Api {
     Raw,
     Box,
     Local,
+    Home,
 }
 
-struct Perproc<'a> {
-    platform: &'a HostPlatform,
-    pool: PerCpuPool<Obj, &'a HostPlatform>,
+struct Perproc {
+    platform: HostPlatform,
+    pool: PerCpuPool<Obj, HostPlatform>,
     api: Api,
 }
 
-impl<'a> Perproc<'a> {
-    fn new(platform: &'a HostPlatform, api: Api) -> Self {
+impl Perproc {
+    fn new(platform: &HostPlatform, api: Api) -> Self {
         let pool = PerCpuPool::new(
             platform,
             Limits {
@@ -159,45 +166,63 @@ impl<'a> Perproc<'a> {
         )
         .unwrap();
         for i in 0..2 {
-            pool.prepare(ProcessorIndex::new(i).unwrap()).unwrap();
-            pool.commit(ProcessorIndex::new(i).unwrap()).unwrap();
+            let index = ProcessorIndex::new(i).unwrap();
+            assert_eq!(pool.prepare(index).unwrap(), Prepared::New);
+            pool.commit(index).unwrap();
         }
         Perproc {
-            platform,
+            platform: *platform,
             pool,
             api,
         }
     }
 }
 
-impl Variant for Perproc<'_> {
+impl Variant for Perproc {
     fn pairs(&self, n: u64) {
-        let pin = self.platform.pin();
-        match self.api {
-            Api::Raw => {
-                for i in 0..n {
-                    let object = self.pool.alloc_raw(&pin, [i; 8]).expect("within the total");
-                    black_box(object);
-                    // SAFETY: allocated just above, freed once.
-                    unsafe { self.pool.free_raw(&pin, object) };
-                }
-            }
-            Api::Box => {
-                for i in 0..n {
-                    let mut object = self.pool.alloc(&pin, [i; 8]).expect("within the total");
-                    black_box(&mut *object);
-                    object.free(&pin);
-                }
-            }
-            Api::Local => {
-                let local = self.pool.local(&pin);
-                for i in 0..n {
-                    let mut object = local.alloc([i; 8]).expect("within the total");
-                    black_box(&mut *object);
-                    local.free(object);
-                }
-            }
+        let pool = &self.pool;
+        if let Api::Home = self.api {
+            let mut batch = Vec::with_capacity(usize::try_from(n).unwrap());
+            self.platform
+                .pinned(|pin| {
+                    for i in 0..n {
+                        let mut object = pool.alloc(pin, [i; 8]).expect("within the total");
+                        black_box(&mut *object);
+                        batch.push(object);
+                    }
+                })
+                .unwrap();
+            // Unpinned: each drop sends its object home.
+            drop(black_box(batch));
+            return;
         }
+        self.platform
+            .pinned(|pin| match self.api {
+                Api::Raw => {
+                    for i in 0..n {
+                        let object = pool.alloc_raw(pin, [i; 8]).expect("within the total");
+                        black_box(object);
+                        // SAFETY: allocated just above, freed once.
+                        unsafe { pool.free_raw(pin, object) };
+                    }
+                }
+                Api::Box | Api::Home => {
+                    for i in 0..n {
+                        let mut object = pool.alloc(pin, [i; 8]).expect("within the total");
+                        black_box(&mut *object);
+                        pool.free(pin, object);
+                    }
+                }
+                Api::Local => {
+                    let local = pool.local(pin);
+                    for i in 0..n {
+                        let mut object = local.alloc([i; 8]).expect("within the total");
+                        black_box(&mut *object);
+                        local.free(object);
+                    }
+                }
+            })
+            .unwrap();
     }
 }
 
@@ -250,7 +275,8 @@ fn pool(c: &mut Criterion) {
     let raw = Perproc::new(&platform, Api::Raw);
     let handles = Perproc::new(&platform, Api::Box);
     let local = Perproc::new(&platform, Api::Local);
-    let variants: [(&str, &dyn Variant); 7] = [
+    let home = Perproc::new(&platform, Api::Home);
+    let variants: [(&str, &dyn Variant); 8] = [
         ("tl_vec", &TlVec),
         ("spin_mutex", &spin_list),
         ("box", &Boxed),
@@ -258,6 +284,7 @@ fn pool(c: &mut Criterion) {
         ("perproc_raw", &raw),
         ("perproc_box", &handles),
         ("perproc_local", &local),
+        ("perproc_home", &home),
     ];
     for (threads, second) in [("1 thread", false), ("2 threads", true)] {
         let mut group = c.benchmark_group(format!("pool/{threads}"));
@@ -276,6 +303,7 @@ fn pool(c: &mut Criterion) {
         ("perproc_raw", &raw),
         ("perproc_box", &handles),
         ("perproc_local", &local),
+        ("perproc_home", &home),
     ] {
         let hits: u64 = pool.pool.processors().map(|p| p.hits()).sum();
         let misses: u64 = pool.pool.processors().map(|p| p.misses()).sum();

@@ -26,7 +26,7 @@ fn add_ours(table: &Ours, i: usize) {
     let index = ProcessorIndex::from_usize(i).unwrap_or(ProcessorIndex::ZERO);
     if table
         .prepare(index)
-        .and_then(|()| table.commit(index))
+        .and_then(|_| table.commit(index))
         .is_err()
     {
         std::process::exit(1);

@@ -50,23 +50,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let platform = HostPlatform::new(PROCESSORS)?;
     platform.bind_current_thread(ProcessorIndex::new(CURRENT).ok_or("index")?)?;
     let contenders = Contenders::new(usize::try_from(PROCESSORS)?);
-    let pin = platform.pin();
-    for variant in variants {
-        let sum = contenders
-            .run(variant, black_box(&pin), iters)
-            .ok_or_else(|| format!("unknown variant {variant}; one of {VARIANTS:?}"))?;
-        // Every slot's `hits` is 1, so each read that found its slot adds 1; the
-        // index loop sums the index.
-        let expected = if variant == "index_only" {
-            iters * u64::from(CURRENT)
-        } else {
-            iters
-        };
-        if sum != expected {
-            return Err(format!("{variant}: sum {sum}, expected {expected}").into());
+    // Pinned across every loop, as a DPC holds DISPATCH_LEVEL.
+    platform.pinned(|pin| {
+        for variant in variants {
+            let sum = contenders
+                .run(variant, black_box(pin), iters)
+                .ok_or_else(|| format!("unknown variant {variant}; one of {VARIANTS:?}"))?;
+            // Every slot's `hits` is 1, so each read that found its slot adds 1;
+            // the index loop sums the index.
+            let expected = if variant == "index_only" {
+                iters * u64::from(CURRENT)
+            } else {
+                iters
+            };
+            if sum != expected {
+                return Err(format!("{variant}: sum {sum}, expected {expected}"));
+            }
+            println!("{variant}: {iters} reads");
         }
-        println!("{variant}: {iters} reads");
-    }
+        Ok(())
+    })??;
     Ok(())
 }
 
@@ -76,15 +79,16 @@ fn interleaved(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
     let platform = HostPlatform::new(PROCESSORS)?;
     platform.bind_current_thread(ProcessorIndex::new(CURRENT).ok_or("index")?)?;
     let contenders = Contenders::new(usize::try_from(PROCESSORS)?);
-    let pin = platform.pin();
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); VARIANTS.len()];
-    for _ in 0..rounds.max(1) {
-        for (variant, samples) in VARIANTS.iter().zip(times.iter_mut()) {
-            let start = Instant::now();
-            black_box(contenders.run(variant, black_box(&pin), READS));
-            samples.push(start.elapsed().as_secs_f64() * 1e9 / READS as f64);
+    platform.pinned(|pin| {
+        for _ in 0..rounds.max(1) {
+            for (variant, samples) in VARIANTS.iter().zip(times.iter_mut()) {
+                let start = Instant::now();
+                black_box(contenders.run(variant, black_box(pin), READS));
+                samples.push(start.elapsed().as_secs_f64() * 1e9 / READS as f64);
+            }
         }
-    }
+    })?;
     let stats: Vec<(f64, f64)> = times
         .iter_mut()
         .map(|samples| {

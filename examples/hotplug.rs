@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
-use perproc::{Components, Error, PerCpu, Platform, ProcessorIndex, SlotState};
+use perproc::{Component, Error, PerCpu, Platform, ProcessorIndex, SlotPadding, SlotState};
 
 /// What each processor's slot holds in this demo: who it is, and how often the
 /// readers found it.
@@ -106,23 +106,27 @@ fn run(o: &Options) -> Result<(), String> {
             reads: AtomicU64::new(0),
         })
     };
-    let capacity = usize::try_from(o.max).map_err(|e| e.to_string())?;
-    let locals = PerCpu::with_capacity_in(capacity, &alloc, Default::default(), init)
+    // Sized from the platform: room for every processor it can ever have.
+    let locals = PerCpu::with_padding_in(&platform, &alloc, SlotPadding::default(), init)
         .map_err(|e| e.to_string())?;
-    let arrived = PerCpu::with_capacity_in(capacity, &alloc, Default::default(), |_| {
+    let arrived = PerCpu::with_padding_in(&platform, &alloc, SlotPadding::default(), |_| {
         Ok(AtomicU64::new(0))
     })
     .map_err(|e| e.to_string())?;
-    let driver = Components::new([&locals, &arrived]);
+    // The driver's components: a tuple is a component set.
+    let driver = (&locals, &arrived);
     let epoch = Instant::now();
 
-    // Registration's replay: Start for every booted processor, then Complete.
+    // Registration's replay: AddStart (prepare) for every booted processor, then
+    // AddComplete (commit).
     for i in 0..o.boot {
-        driver.start(cpu(i)).map_err(|e| format!("boot {i}: {e}"))?;
+        let _ = driver
+            .prepare(cpu(i))
+            .map_err(|e| format!("boot {i}: {e}"))?;
     }
     for i in 0..o.boot {
         driver
-            .complete(cpu(i))
+            .commit(cpu(i))
             .map_err(|e| format!("boot {i}: {e}"))?;
     }
 
@@ -145,16 +149,19 @@ fn run(o: &Options) -> Result<(), String> {
                     if platform.bind_current_thread(cpu(i)).is_err() {
                         break;
                     }
-                    let pin = platform.pin();
-                    if let Some(local) = locals.current(&pin) {
-                        if local.index != i || local.check != check_word(i) {
-                            torn.fetch_add(1, Ordering::Relaxed);
+                    let pinned = platform.pinned(|pin| {
+                        if let Some(local) = locals.current(pin) {
+                            if local.index != i || local.check != check_word(i) {
+                                torn.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Pinned: only this thread writes this processor's count.
+                            let n = local.reads.load(Ordering::Relaxed);
+                            local.reads.store(n + 1, Ordering::Relaxed);
                         }
-                        // Pinned: only this thread writes this processor's count.
-                        let n = local.reads.load(Ordering::Relaxed);
-                        local.reads.store(n + 1, Ordering::Relaxed);
+                    });
+                    if pinned.is_err() {
+                        break;
                     }
-                    drop(pin);
                     i = (i + 1) % o.max;
                 }
             });
@@ -167,10 +174,10 @@ fn run(o: &Options) -> Result<(), String> {
                 alloc.plan(FailPlan::Once(0)); // this add's first allocation fails
             }
             let t0 = Instant::now();
-            let started = driver.start(cpu(i));
+            let started = driver.prepare(cpu(i));
             match started {
-                Ok(()) => {
-                    let _ = driver.complete(cpu(i));
+                Ok(_) => {
+                    let _ = driver.commit(cpu(i));
                     adds.push((i, t0.elapsed()));
                     if let Some(at) = arrived.get(cpu(i)) {
                         let us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -179,7 +186,7 @@ fn run(o: &Options) -> Result<(), String> {
                 }
                 Err(e) => {
                     // The kernel then sends AddFailure to everyone.
-                    let _ = driver.fail(cpu(i));
+                    let _ = driver.abort(cpu(i));
                     vetoed = Some((i, e));
                 }
             }
@@ -224,7 +231,7 @@ fn run(o: &Options) -> Result<(), String> {
             max
         );
     }
-    let table_bytes = 2 * capacity * std::mem::size_of::<usize>();
+    let table_bytes = 2 * locals.capacity() * std::mem::size_of::<usize>();
     println!(
         "memory: {} bytes live ({} for the two tables, {} bytes per slot), peak {}",
         alloc.inner().live_bytes(),

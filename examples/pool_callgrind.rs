@@ -1,10 +1,10 @@
 //! Instructions per alloc+free pair, repeatably: run under callgrind and read
 //! the inclusive counts of the `*_pairs` functions, each `PAIRS` pairs of a
-//! 64-byte object: the pool (pinned once per batch of 256, like a DPC; per
-//! operation through `PerCpuPool`, or through a `LocalPool` made once per
-//! batch), a
-//! thread-local `Vec` free list, a global `spin::Mutex` free list, heapless's
-//! Treiber pool, and `Box`.
+//! 64-byte object: the pool (pinned once per batch of 256, like a DPC; owned
+//! boxes given back with `free`, per operation through `PerCpuPool` or through
+//! a `LocalPool` made once per batch; and boxes dropped instead, which go back
+//! through the pool's home list), a thread-local `Vec` free list, a global
+//! `spin::Mutex` free list, heapless's Treiber pool, and `Box`.
 //!
 //! ```text
 //! cargo build --release --example pool_callgrind
@@ -25,35 +25,62 @@ use perproc::{Limits, PerCpuPool, Platform, ProcessorIndex};
 type Obj = [u64; 8];
 const BATCH: u64 = 256;
 
+type Pool = PerCpuPool<Obj, HostPlatform>;
+
 #[inline(never)]
-fn perproc_pairs(platform: &HostPlatform, pool: &PerCpuPool<Obj, &HostPlatform>, pairs: u64) {
+fn perproc_pairs(platform: &HostPlatform, pool: &Pool, pairs: u64) {
     let mut left = pairs;
     while left > 0 {
         let batch = left.min(BATCH);
-        let pin = platform.pin();
-        for i in 0..batch {
-            let object = pool.alloc_raw(&pin, [i; 8]).expect("within the total");
-            black_box(object);
-            // SAFETY: allocated just above, freed once.
-            unsafe { pool.free_raw(&pin, object) };
-        }
+        platform
+            .pinned(|pin| {
+                for i in 0..batch {
+                    let object = pool.alloc(pin, [i; 8]).expect("within the total");
+                    pool.free(pin, black_box(object));
+                }
+            })
+            .expect("pinned");
         left -= batch;
     }
 }
 
 #[inline(never)]
-fn perproc_local_pairs(platform: &HostPlatform, pool: &PerCpuPool<Obj, &HostPlatform>, pairs: u64) {
+fn perproc_local_pairs(platform: &HostPlatform, pool: &Pool, pairs: u64) {
     let mut left = pairs;
     while left > 0 {
         let batch = left.min(BATCH);
-        let pin = platform.pin();
-        let local = pool.local(&pin);
-        for i in 0..batch {
-            let object = local.alloc_raw([i; 8]).expect("within the total");
-            black_box(object);
-            // SAFETY: allocated just above, freed once.
-            unsafe { local.free_raw(object) };
-        }
+        platform
+            .pinned(|pin| {
+                let local = pool.local(pin);
+                for i in 0..batch {
+                    let object = local.alloc([i; 8]).expect("within the total");
+                    local.free(black_box(object));
+                }
+            })
+            .expect("pinned");
+        left -= batch;
+    }
+}
+
+/// Allocated pinned, then dropped after the pin instead of freed: each drop
+/// pushes the object onto the pool's home list (one compare-and-swap), and the
+/// pool takes the list back under its lock when its cache and depot run dry.
+#[inline(never)]
+fn perproc_home_pairs(platform: &HostPlatform, pool: &Pool, pairs: u64) {
+    let mut held = Vec::with_capacity(BATCH as usize);
+    let mut left = pairs;
+    while left > 0 {
+        let batch = left.min(BATCH);
+        platform
+            .pinned(|pin| {
+                for i in 0..batch {
+                    let object = pool.alloc(pin, [i; 8]).expect("within the total");
+                    held.push(black_box(object));
+                }
+            })
+            .expect("pinned");
+        // Unpinned: each drop sends its object home.
+        held.clear();
         left -= batch;
     }
 }
@@ -111,7 +138,7 @@ fn main() -> Result<(), perproc::Error> {
             per_cpu: 256,
         },
     )?;
-    pool.prepare(ProcessorIndex::ZERO)?;
+    let _ = pool.prepare(ProcessorIndex::ZERO)?;
     pool.commit(ProcessorIndex::ZERO)?;
     let prefilled =
         || -> Vec<&'static mut Obj> { (0..1024).map(|_| Box::leak(Box::new([0u64; 8]))).collect() };
@@ -123,13 +150,14 @@ fn main() -> Result<(), perproc::Error> {
 
     perproc_pairs(&platform, &pool, pairs);
     perproc_local_pairs(&platform, &pool, pairs);
+    perproc_home_pairs(&platform, &pool, pairs);
     tl_vec_pairs(&free, pairs);
     spin_mutex_pairs(&locked, pairs);
     heapless_pairs(pairs);
     box_pairs(pairs);
 
     let stats = pool.stats();
-    assert_eq!(stats.outstanding, 0);
+    assert_eq!(stats.outstanding, 0, "{stats:?}");
     println!("PAIRS = {pairs}; pool: {stats:?}");
     Ok(())
 }

@@ -2,12 +2,16 @@
 //! driver would.
 //!
 //! `DriverEntry` builds the driver's per-CPU parts (a request pool, a
-//! submission queue and statistics per processor) and registers them through
-//! the shim with `KE_PROCESSOR_CHANGE_ADD_EXISTING` on 4 booted processors. One
-//! I/O thread runs on each processor: pinned (DISPATCH_LEVEL), it allocates
-//! requests from the per-CPU pool and queues them on its own processor, then
-//! plays the completion DPC for another processor's queue, completing and
-//! freeing those requests (remote frees). Meanwhile processors are hot-added up
+//! submission queue and statistics per processor, in one struct made a
+//! component by `perproc::components!`), registers them through the shim with
+//! `KE_PROCESSOR_CHANGE_ADD_EXISTING` on 4 booted processors and keeps the
+//! registration in a `static DriverSlot`. One I/O thread runs on each
+//! processor, reaching the driver as a dispatch routine would
+//! (`DRIVER.with`, rundown-protected against Unload): pinned (DISPATCH_LEVEL),
+//! it allocates requests from the per-CPU pool (owned `PoolBox`es) and queues
+//! them on its own processor, then plays the completion DPC for another
+//! processor's queue, completing and freeing those requests (remote frees).
+//! No `unsafe` anywhere. Meanwhile processors are hot-added up
 //! to 64 across two groups; one add is vetoed by an injected allocation failure
 //! (the queue's memory for the new processor), rolled back, and retried. At the
 //! end everything left is completed and the driver unloads.
@@ -33,16 +37,15 @@ fn main() -> std::process::ExitCode {
 mod sim {
     use std::io::Write;
     use std::process::ExitCode;
-    use std::ptr::NonNull;
     use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     use perproc::{
-        Component, Components, CounterId, Error, Limits, PerCpuCounters, PerCpuPool, PerCpuQueue,
-        PinGuard, Platform, ProcessorIndex,
+        Error, Limits, PerCpuCounters, PerCpuPool, PerCpuQueue, PinError, PinGuard, Platform,
+        PoolBox, ProcessorIndex,
     };
     use perproc_wdk::sim::{AddResult, Fault, Kernel};
-    use perproc_wdk::{pool_tag, KernelPlatform, PoolAlloc, Registration};
+    use perproc_wdk::{pool_tag, DriverSlot, KernelPlatform, PoolAlloc, Registration};
 
     /// Pool tags: one per part, so the unload check names the culprit.
     const TAG_DRIVER: u32 = pool_tag(*b"Stdr");
@@ -56,9 +59,10 @@ mod sim {
         (TAG_STATS, "Stct"),
     ];
 
-    const SUBMITTED: CounterId<3> = CounterId::at::<0>();
-    const COMPLETED: CounterId<3> = CounterId::at::<1>();
-    const BACKPRESSURE: CounterId<3> = CounterId::at::<2>();
+    perproc::counters! {
+        /// The driver's statistics.
+        struct Stats { submitted, completed, backpressure }
+    }
 
     /// Requests each I/O thread submits per pinned batch.
     const BATCH: usize = 16;
@@ -80,27 +84,27 @@ mod sim {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
-    /// A queued request: the pool's object, owned by whoever holds this.
-    struct Queued(NonNull<Request>);
-
-    // SAFETY: a `Queued` is the only handle to its request (allocated raw from the
-    // pool, freed once by the completion that dequeues it), and `Request` is
-    // plain data, so moving the handle to another thread moves the request.
-    unsafe impl Send for Queued {}
-
-    /// The driver's per-CPU parts.
+    /// The driver's per-CPU parts. A request is an owned `PoolBox`: queued on
+    /// one processor, completed and freed on another.
     struct Storage {
         platform: KernelPlatform,
         requests: PerCpuPool<Request, KernelPlatform>,
-        submissions: PerCpuQueue<Queued, PoolAlloc>,
-        stats: PerCpuCounters<3, PoolAlloc>,
+        submissions: PerCpuQueue<PoolBox<Request>, KernelPlatform>,
+        stats: PerCpuCounters<Stats, KernelPlatform>,
     }
 
+    // AddStart prepares the pool, the queue, then the statistics (rolling back
+    // the earlier ones if a later one fails); AddComplete commits all three;
+    // AddFailure aborts them.
+    perproc::components!(Storage => requests, submissions, stats);
+
+    /// The driver's state from DriverEntry to Unload.
+    static DRIVER: DriverSlot<Registration<Storage>> = DriverSlot::new();
+
     impl Storage {
-        fn new(max: usize, pool_total: usize) -> Result<Self, Error> {
-            let platform = KernelPlatform::new(TAG_POOL);
+        fn new(platform: &KernelPlatform, pool_total: usize) -> Result<Self, Error> {
             Ok(Self {
-                platform,
+                platform: *platform,
                 requests: PerCpuPool::new(
                     platform,
                     Limits {
@@ -108,43 +112,24 @@ mod sim {
                         per_cpu: 64,
                     },
                 )?,
-                submissions: PerCpuQueue::with_capacity_in(
-                    max,
-                    QUEUE_DEPTH,
-                    PoolAlloc::new(TAG_QUEUE),
-                )?,
-                stats: PerCpuCounters::with_capacity_in(max, PoolAlloc::new(TAG_STATS))?,
+                submissions: PerCpuQueue::new_in(platform, PoolAlloc::new(TAG_QUEUE), QUEUE_DEPTH)?,
+                stats: PerCpuCounters::new_in(platform, PoolAlloc::new(TAG_STATS))?,
             })
-        }
-
-        fn parts(&self) -> Components<'_, 3> {
-            Components::new([&self.requests, &self.submissions, &self.stats])
         }
 
         /// Completes one request on the processor `pin` holds: check it, count
         /// it, free it there (a remote free when another processor allocated it).
-        fn complete(&self, pin: &impl PinGuard, queued: Queued, ledger: &Ledger) {
-            // SAFETY: the dequeued handle is the only one to a live request.
-            let request = unsafe { queued.0.as_ref() };
+        fn complete(
+            &self,
+            pin: &PinGuard<'_, KernelPlatform>,
+            request: PoolBox<Request>,
+            ledger: &Ledger,
+        ) {
             let intact = request.check
                 == check_of(request.id, request.submitter, request.sector, request.bytes);
             ledger.completed(request.submitter, request.id, intact);
-            self.stats.add(pin, COMPLETED, 1);
-            // SAFETY: from this pool, freed once (we own the only handle), not
-            // used afterwards.
-            unsafe { self.requests.free_raw(pin, queued.0) };
-        }
-    }
-
-    impl Component for Storage {
-        fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
-            self.parts().start(index)
-        }
-        fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
-            self.parts().complete(index)
-        }
-        fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
-            self.parts().fail(index)
+            self.stats.add(pin, Stats::completed, 1);
+            self.requests.free(pin, request);
         }
     }
 
@@ -288,12 +273,49 @@ mod sim {
         let n = max as usize;
         let epoch = Instant::now();
 
-        // DriverEntry: build the parts, register (the replay adds the boot processors).
-        let storage =
-            Storage::new(kernel.max_processors() as usize, 64 * n).map_err(|e| fail(&e))?;
+        // DriverEntry: build the parts, register (the replay adds the boot
+        // processors), keep the registration in the driver's slot.
+        let platform = KernelPlatform::new(TAG_POOL).map_err(|e| fail(&e))?;
+        let storage = Storage::new(&platform, 64 * n).map_err(|e| fail(&e))?;
         let registration = Registration::register(storage, PoolAlloc::new(TAG_DRIVER))
             .map_err(|e| vec![format!("registration failed: status {:#010x}", e.status)])?;
-        let driver = registration.parts();
+        DRIVER
+            .install(registration, PoolAlloc::new(TAG_DRIVER))
+            .map_err(|(_, status)| vec![format!("driver slot: status {status:#010x}")])?;
+        let run = DRIVER.with(|registration| drive(o, &kernel, registration.parts(), epoch, n));
+        // Unload: waits for users of the slot, deregisters, then drops the parts.
+        drop(DRIVER.take());
+        let mut problems = run.unwrap_or_else(|| vec!["the driver was not installed".into()]);
+        for (tag, name) in TAGS {
+            let left = kernel.pool().live_bytes(tag);
+            if left != 0 {
+                problems.push(format!(
+                    "pool tag '{name}' still holds {left} bytes after unload"
+                ));
+            }
+        }
+        let violations = kernel.violations();
+        if !violations.is_empty() {
+            problems.push(format!("kernel misuse: {violations:?}"));
+        }
+        if problems.is_empty() {
+            println!("no request lost, duplicated or corrupted; every pool tag empty after unload");
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The run, with the driver loaded: I/O threads, hot-adds, the final
+    /// completions, the table and the checks. Returns the problems found.
+    fn drive(
+        o: &Options,
+        kernel: &Kernel,
+        driver: &Storage,
+        epoch: Instant,
+        n: usize,
+    ) -> Vec<String> {
+        let max = kernel.max_processors().min(o.max);
 
         let ledger = Ledger::new(n);
         let arrived: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(u64::MAX)).collect();
@@ -308,8 +330,8 @@ mod sim {
 
         std::thread::scope(|s| {
             let io = |p: u32| {
-                let (driver, ledger, online, stop) = (driver, &ledger, &online, &stop);
-                move || io_thread(driver, ledger, online, stop, p)
+                let (ledger, online, stop) = (&ledger, &online, &stop);
+                move || io_thread(ledger, online, stop, p)
             };
             let mut threads = Vec::new();
             for p in 0..o.boot {
@@ -344,8 +366,8 @@ mod sim {
                     vetoes += 1;
                     match outcome.result {
                         AddResult::Vetoed { .. } => {
-                            vetoed_at[outcome.index as usize].store(true, Ordering::Relaxed);
-                            if driver.submissions.state(cpu(outcome.index)).is_published() {
+                            vetoed_at[outcome.index.as_usize()].store(true, Ordering::Relaxed);
+                            if driver.submissions.state(outcome.index).is_published() {
                                 problems.push(format!(
                                     "vetoed processor {} has a published queue",
                                     outcome.index
@@ -367,9 +389,9 @@ mod sim {
                 }
                 adds.push(took);
                 let at = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-                arrived[outcome.index as usize].store(at, Ordering::Relaxed);
+                arrived[outcome.index.as_usize()].store(at, Ordering::Relaxed);
                 online.store(kernel.active_processors(), Ordering::Release);
-                threads.push(kernel.spawn_on(s, outcome.index, io(outcome.index)));
+                threads.push(kernel.spawn_on(s, outcome.index, io(outcome.index.get())));
                 progress(o, epoch, kernel.active_processors(), max, driver);
             }
             while epoch.elapsed() < o.run {
@@ -379,7 +401,8 @@ mod sim {
             stop.store(true, Ordering::Release);
             for t in threads {
                 match t.join() {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => problems.push(format!("I/O thread could not pin: {e}")),
                     Ok(Err(e)) => problems.push(format!("I/O thread could not enter: {e}")),
                     Err(_) => problems.push("an I/O thread panicked".into()),
                 }
@@ -391,50 +414,65 @@ mod sim {
         }
 
         // Complete whatever is still queued, on processor 0.
-        {
-            let pin = driver.platform.pin();
+        let drained = driver.platform.pinned(|pin| {
             for (_, queued) in driver.submissions.drain_all() {
-                driver.complete(&pin, queued, &ledger);
+                driver.complete(pin, queued, &ledger);
             }
+        });
+        if let Err(e) = drained {
+            problems.push(format!("could not pin for the final completions: {e}"));
         }
 
         report(
-            o, &kernel, driver, &ledger, &arrived, &vetoed_at, &adds, elapsed,
+            o, kernel, driver, &ledger, &arrived, &vetoed_at, &adds, elapsed,
         );
         verify(driver, &ledger, n, &mut problems);
-
-        // Unload: deregister first, then the parts are dropped.
-        drop(registration);
-        for (tag, name) in TAGS {
-            let left = kernel.pool().live_bytes(tag);
-            if left != 0 {
-                problems.push(format!(
-                    "pool tag '{name}' still holds {left} bytes after unload"
-                ));
-            }
-        }
-        let violations = kernel.violations();
-        if !violations.is_empty() {
-            problems.push(format!("kernel misuse: {violations:?}"));
-        }
-        if problems.is_empty() {
-            println!("no request lost, duplicated or corrupted; every pool tag empty after unload");
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        problems
     }
 
     /// One processor's I/O: submit a batch to the local queue, then complete
-    /// another processor's queue, until told to stop.
-    fn io_thread(driver: &Storage, ledger: &Ledger, online: &AtomicU32, stop: &AtomicBool, p: u32) {
+    /// another processor's queue, until told to stop (or the driver unloads).
+    /// Each round is a dispatch routine: it reaches the driver through its
+    /// slot, then works pinned.
+    fn io_thread(
+        ledger: &Ledger,
+        online: &AtomicU32,
+        stop: &AtomicBool,
+        p: u32,
+    ) -> Result<(), PinError> {
         let mut seq = 0u64;
         let mut turn = 0u32;
         while !stop.load(Ordering::Acquire) {
-            let pin = driver.platform.pin(); // DISPATCH_LEVEL
+            let round = DRIVER.with(|registration| {
+                let driver = registration.parts();
+                // DISPATCH_LEVEL for the batch and the completion DPC.
+                driver
+                    .platform
+                    .pinned(|pin| io_round(driver, pin, ledger, online, p, &mut seq, &mut turn))
+            });
+            match round {
+                Some(pinned) => pinned?,
+                None => break, // unloaded
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+
+    /// One round of [`io_thread`], pinned.
+    fn io_round(
+        driver: &Storage,
+        pin: &PinGuard<'_, KernelPlatform>,
+        ledger: &Ledger,
+        online: &AtomicU32,
+        p: u32,
+        seq: &mut u64,
+        turn: &mut u32,
+    ) {
+        {
             for _ in 0..BATCH {
-                let id = (u64::from(p) << 40) | seq;
-                let (sector, bytes) = (seq.wrapping_mul(8), 4096 << (seq % 4));
+                let id = (u64::from(p) << 40) | *seq;
+                let (sector, bytes) = (seq.wrapping_mul(8), 4096 << (*seq % 4));
                 let request = Request {
                     id,
                     submitter: p,
@@ -442,37 +480,34 @@ mod sim {
                     bytes,
                     check: check_of(id, p, sector, bytes),
                 };
-                let object = match driver.requests.alloc_raw(&pin, request) {
+                let object = match driver.requests.alloc(pin, request) {
                     Ok(object) => object,
                     Err(_) => {
-                        driver.stats.add(&pin, BACKPRESSURE, 1); // pool exhausted
+                        driver.stats.add(pin, Stats::backpressure, 1); // pool exhausted
                         break;
                     }
                 };
-                match driver.submissions.push(&pin, Queued(object)) {
+                match driver.submissions.push(pin, object) {
                     Ok(()) => {
-                        seq += 1;
+                        *seq += 1;
                         ledger.submitted(p, id);
-                        driver.stats.add(&pin, SUBMITTED, 1);
+                        driver.stats.add(pin, Stats::submitted, 1);
                     }
                     Err(full) => {
                         // Backpressure: the queue is full; give the request back.
-                        // SAFETY: our own request, never queued, freed once.
-                        unsafe { driver.requests.free_raw(&pin, full.into_inner().0) };
-                        driver.stats.add(&pin, BACKPRESSURE, 1);
+                        driver.requests.free(pin, full.into_inner());
+                        driver.stats.add(pin, Stats::backpressure, 1);
                         break;
                     }
                 }
             }
             // The completion DPC for another processor's queue.
             let n = online.load(Ordering::Acquire).max(1);
-            turn = turn.wrapping_add(1);
-            let victim = (p + 1 + turn % n.saturating_sub(1).max(1)) % n;
+            *turn = turn.wrapping_add(1);
+            let victim = (p + 1 + *turn % n.saturating_sub(1).max(1)) % n;
             for queued in driver.submissions.drain(cpu(victim)) {
-                driver.complete(&pin, queued, ledger);
+                driver.complete(pin, queued, ledger);
             }
-            drop(pin);
-            std::thread::yield_now();
         }
     }
 
@@ -480,7 +515,11 @@ mod sim {
         if o.quiet {
             return;
         }
-        let [submitted, completed, _] = driver.stats.sums();
+        let Stats {
+            submitted,
+            completed,
+            ..
+        } = driver.stats.sums();
         eprint!(
             "\r  t={:>5.2}s  processors {active:>2}/{max}  submitted {submitted:>10}  completed {completed:>10}",
             epoch.elapsed().as_secs_f64()
@@ -518,8 +557,11 @@ mod sim {
             } else {
                 ""
             };
-            let [submitted, completed, backpressure] =
-                driver.stats.processor(cpu(index)).unwrap_or([0; 3]);
+            let Stats {
+                submitted,
+                completed,
+                backpressure,
+            } = driver.stats.processor(cpu(index)).unwrap_or_default();
             let (hits, misses) = driver
                 .requests
                 .processor_stats(cpu(index))
@@ -540,7 +582,11 @@ mod sim {
                 max
             );
         }
-        let [submitted, completed, backpressure] = driver.stats.sums();
+        let Stats {
+            submitted,
+            completed,
+            backpressure,
+        } = driver.stats.sums();
         let pool = driver.requests.stats();
         println!(
             "totals: {submitted} submitted, {completed} completed, {backpressure} refused for backpressure, \
@@ -577,7 +623,7 @@ mod sim {
             let counted = driver
                 .stats
                 .processor(cpu(p as u32))
-                .map(|c| c[0])
+                .map(|c| c.submitted)
                 .unwrap_or(0);
             if counted != s {
                 problems.push(format!(
@@ -585,7 +631,11 @@ mod sim {
                 ));
             }
         }
-        let [submitted, completed, _] = driver.stats.sums();
+        let Stats {
+            submitted,
+            completed,
+            ..
+        } = driver.stats.sums();
         if submitted != completed {
             problems.push(format!("{submitted} submitted but {completed} completed"));
         }

@@ -89,13 +89,13 @@ impl Prepared {
 /// let platform = HostPlatform::new(4)?;
 /// let queues = PerCpu::new(&platform, |_| Ok([0u8; 64]))?;
 /// // A component whose constructor refuses processor 3.
-/// let stats = PerCpu::new(&platform, |cpu| {
+/// let stats = PerCpu::new(&platform, |cpu: ProcessorIndex| {
 ///     if cpu.get() == 3 { Err(perproc::Error::OutOfMemory) } else { Ok(0u64) }
 /// })?;
 /// let set = (&queues, &stats);
 ///
 /// let cpu2 = ProcessorIndex::new(2).unwrap();
-/// set.prepare(cpu2)?;
+/// let _ = set.prepare(cpu2)?;
 /// set.commit(cpu2)?;
 /// assert_eq!(queues.state(cpu2), SlotState::Online);
 ///
@@ -138,6 +138,55 @@ pub trait Component: Sync {
             ChangeState::AddFailure { .. } => self.abort(change.index),
         }
     }
+
+    /// Prepares `index`, then runs `rest` (the prepare of the parts that come
+    /// after this one in an enclosing set); if `rest` fails, aborts what this
+    /// call prepared and returns `rest`'s error. `New` if this call or `rest`
+    /// prepared anything.
+    ///
+    /// This is how sets nest: a set overrides it to chain its own parts before
+    /// `rest`, so a failure anywhere after it undoes exactly the parts this call
+    /// prepared, newest first, and never a part an earlier call prepared. The
+    /// default (one part) suits every other component; a wrapper that forwards
+    /// `prepare` to a set should forward this too (as
+    /// [`components!`](crate::components) does).
+    ///
+    /// ```
+    /// use perproc::{host::HostPlatform, Component, InitFn, PerCpu, ProcessorIndex, SlotState};
+    /// let platform = HostPlatform::new(4)?;
+    /// let ok: InitFn<u8> = |_| Ok(0);
+    /// let refuse: InitFn<u8> = |_| Err(perproc::Error::OutOfMemory);
+    /// let (a, b, c) = (PerCpu::new(&platform, ok)?, PerCpu::new(&platform, ok)?, PerCpu::new(&platform, refuse)?);
+    /// let cpu = ProcessorIndex::new(1).unwrap();
+    /// let _ = a.prepare(cpu)?;                   // an earlier call prepared `a`
+    /// let set = ((&a, &b), &c);                  // a set nested in a set
+    /// assert!(set.prepare(cpu).is_err());        // fails in `c`
+    /// assert_eq!(a.state(cpu), SlotState::Prepared); // not this call's: kept
+    /// assert_eq!(b.state(cpu), SlotState::Retired);  // this call's: rolled back
+    /// # Ok::<(), perproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// This part's prepare error (then `rest` does not run), or `rest`'s.
+    fn prepare_then(
+        &self,
+        index: ProcessorIndex,
+        rest: &mut dyn FnMut() -> Result<Prepared, Error>,
+    ) -> Result<Prepared, Error> {
+        let prepared = self.prepare(index)?;
+        match rest() {
+            Ok(later) => Ok(prepared.or(later)),
+            Err(error) => {
+                if prepared == Prepared::New {
+                    // A part this call prepared aborts without error; anything
+                    // else it could say (busy with a concurrent event) leaves
+                    // it as it was.
+                    let _ = self.abort(index);
+                }
+                Err(error)
+            }
+        }
+    }
 }
 
 impl<C: Component + ?Sized> Component for &C {
@@ -155,36 +204,38 @@ impl<C: Component + ?Sized> Component for &C {
     fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
         (**self).abort(index)
     }
+
+    #[inline]
+    fn prepare_then(
+        &self,
+        index: ProcessorIndex,
+        rest: &mut dyn FnMut() -> Result<Prepared, Error>,
+    ) -> Result<Prepared, Error> {
+        (**self).prepare_then(index, rest)
+    }
+}
+
+/// Prepares `parts` in order, then `rest`; on a failure aborts, newest first,
+/// the parts this call prepared (nested sets included, through
+/// [`Component::prepare_then`]), and returns that failure. Recurses once per
+/// part: a driver's handful.
+fn prepare_chain(
+    parts: &[&dyn Component],
+    index: ProcessorIndex,
+    rest: &mut dyn FnMut() -> Result<Prepared, Error>,
+) -> Result<Prepared, Error> {
+    match parts.split_first() {
+        None => rest(),
+        Some((first, later)) => {
+            first.prepare_then(index, &mut || prepare_chain(later, index, &mut *rest))
+        }
+    }
 }
 
 /// Prepares `parts` in order; on a failure aborts, newest first, the parts this
 /// call prepared, and returns that failure.
-fn prepare_all<const N: usize>(
-    parts: [&dyn Component; N],
-    index: ProcessorIndex,
-) -> Result<Prepared, Error> {
-    let mut done = [Prepared::Already; N];
-    for (at, part) in parts.iter().enumerate() {
-        match part.prepare(index) {
-            Ok(prepared) => {
-                if let Some(slot) = done.get_mut(at) {
-                    *slot = prepared;
-                }
-            }
-            Err(error) => {
-                for (earlier, prepared) in parts.iter().zip(done).take(at).rev() {
-                    if prepared == Prepared::New {
-                        // A part this call prepared aborts without error;
-                        // anything else it could say (busy with a concurrent
-                        // event) leaves it as it was.
-                        let _ = earlier.abort(index);
-                    }
-                }
-                return Err(error);
-            }
-        }
-    }
-    Ok(done.iter().fold(Prepared::Already, |all, one| all.or(*one)))
+fn prepare_all(parts: &[&dyn Component], index: ProcessorIndex) -> Result<Prepared, Error> {
+    prepare_chain(parts, index, &mut || Ok(Prepared::Already))
 }
 
 /// Commits every part (all of them, even after an error); the first error.
@@ -223,7 +274,15 @@ fn first_error(results: impl Iterator<Item = Result<(), Error>>) -> Result<(), E
 /// aborted in reverse.
 impl<C: Component, const N: usize> Component for [C; N] {
     fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
-        prepare_all(self.each_ref().map(dynamic), index)
+        prepare_all(&self.each_ref().map(dynamic), index)
+    }
+
+    fn prepare_then(
+        &self,
+        index: ProcessorIndex,
+        rest: &mut dyn FnMut() -> Result<Prepared, Error>,
+    ) -> Result<Prepared, Error> {
+        prepare_chain(&self.each_ref().map(dynamic), index, rest)
     }
 
     fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
@@ -241,7 +300,15 @@ macro_rules! tuple_component {
         /// and aborted right to left.
         impl<$($part: Component),+> Component for ($($part,)+) {
             fn prepare(&self, index: ProcessorIndex) -> Result<Prepared, Error> {
-                prepare_all([$(dynamic(&self.$at)),+], index)
+                prepare_all(&[$(dynamic(&self.$at)),+], index)
+            }
+
+            fn prepare_then(
+                &self,
+                index: ProcessorIndex,
+                rest: &mut dyn FnMut() -> Result<Prepared, Error>,
+            ) -> Result<Prepared, Error> {
+                prepare_chain(&[$(dynamic(&self.$at)),+], index, rest)
             }
 
             fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
@@ -316,6 +383,17 @@ macro_rules! components {
                 index: $crate::ProcessorIndex,
             ) -> ::core::result::Result<(), $crate::Error> {
                 $crate::Component::abort(&($(&self.$field,)+), index)
+            }
+
+            fn prepare_then(
+                &self,
+                index: $crate::ProcessorIndex,
+                rest: &mut dyn ::core::ops::FnMut() -> ::core::result::Result<
+                    $crate::Prepared,
+                    $crate::Error,
+                >,
+            ) -> ::core::result::Result<$crate::Prepared, $crate::Error> {
+                $crate::Component::prepare_then(&($(&self.$field,)+), index, rest)
             }
         }
     };

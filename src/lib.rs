@@ -10,17 +10,26 @@
 //!
 //! - [`PerCpu<T>`]: a value per processor in a table that grows without moving,
 //!   copying or locking, read in one acquire load;
-//! - [`Component`] and [`Components`]: the two-phase add (prepare, commit, abort)
-//!   with rollback across a driver's several per-CPU structures;
+//! - [`Component`]: the two-phase add (prepare, commit, abort), with rollback
+//!   across a driver's several per-CPU structures (tuples, arrays and
+//!   [`components!`] make sets);
 //! - [`PerCpuPool<T>`]: an object pool with a magazine cache per processor over
 //!   a shared depot (Bonwick), allocating and freeing on the pinned processor
 //!   without a lock or an interlocked instruction, frees from any processor;
 //! - [`PerCpuQueue<T>`]: a bounded queue per processor, filled by its own
 //!   processor without an interlocked instruction, drained by any processor,
-//!   nothing lost across a hot-add or an abort; [`PerCpuCounters`]: statistics
-//!   added to locally without an interlocked instruction and summed over all;
-//! - the seams a platform fills in: [`Platform`] (current processor, pinning,
-//!   maximum count), [`RawAlloc`] (fallible, alignment-honouring, NUMA-placed
+//!   nothing lost across a hot-add or an abort, and handed back at
+//!   [`teardown`](PerCpuQueue::teardown); [`PerCpuCounters`]: statistics, named
+//!   once with [`counters!`], added to locally without an interlocked
+//!   instruction and summed over all;
+//! - [`PerCpuInbox<T>`]: a bounded queue per processor that any processor
+//!   steers work into (RSS receive, completion on the submitting processor)
+//!   and its owner consumes without a lock or an interlocked instruction per
+//!   item; [`Ticket`]s let a steering table move a flow to a hot-added
+//!   processor without reordering it;
+//! - the seams a platform fills in: [`Platform`] (current processor, scoped
+//!   pinning with [`Platform::pinned`], whose [`PinGuard`] no safe code can
+//!   misuse, maximum count), [`RawAlloc`] (fallible, alignment-honouring, NUMA-placed
 //!   memory). The `perproc-wdk` crate fills them with kernel calls; [`host`]
 //!   (feature `host`) with threads for tests and benchmarks.
 //!
@@ -50,27 +59,27 @@
 //! # Example
 //!
 //! ```
-//! use perproc::{host::HostPlatform, Components, PerCpu, Platform, ProcessorIndex};
+//! use perproc::{host::HostPlatform, Component, PerCpu, Platform, ProcessorIndex};
 //! use core::sync::atomic::{AtomicU64, Ordering};
 //!
 //! let platform = HostPlatform::new(64)?;
 //! let bytes = PerCpu::new(&platform, |_| Ok(AtomicU64::new(0)))?;
 //! let ops = PerCpu::new(&platform, |_| Ok(AtomicU64::new(0)))?;
-//! let driver = Components::new([&bytes, &ops]);
+//! let driver = (&bytes, &ops); // a set: prepared in order, rolled back together
 //!
 //! // What registration with KE_PROCESSOR_CHANGE_ADD_EXISTING replays: 4 processors.
 //! for i in 0..4 {
-//!     driver.start(ProcessorIndex::new(i).unwrap())?;
+//!     let _ = driver.prepare(ProcessorIndex::new(i).unwrap())?;
 //! }
 //! for i in 0..4 {
-//!     driver.complete(ProcessorIndex::new(i).unwrap())?;
+//!     driver.commit(ProcessorIndex::new(i).unwrap())?;
 //! }
 //!
 //! // The hot path, on whatever processor this thread is bound to (0 here).
-//! let pin = platform.pin();
-//! bytes.current(&pin).unwrap().fetch_add(512, Ordering::Relaxed);
-//! ops.current(&pin).unwrap().fetch_add(1, Ordering::Relaxed);
-//! drop(pin);
+//! platform.pinned(|pin| {
+//!     bytes.current(pin).unwrap().fetch_add(512, Ordering::Relaxed);
+//!     ops.current(pin).unwrap().fetch_add(1, Ordering::Relaxed);
+//! })?;
 //!
 //! assert_eq!(ops.online_count(), 4);
 //! assert_eq!(bytes.iter().map(|(_, b)| b.load(Ordering::Relaxed)).sum::<u64>(), 512);
@@ -99,6 +108,7 @@ mod allocator;
 mod counter;
 mod error;
 mod hot_add;
+mod inbox;
 mod percpu;
 mod platform;
 mod pool;
@@ -107,21 +117,24 @@ mod queue;
 mod sync;
 
 #[cfg(feature = "host")]
+#[cfg_attr(docsrs, doc(cfg(feature = "host")))]
 pub mod host;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 pub use allocator::{AllocError, RawAlloc};
 pub use bytemuck::Zeroable;
 #[cfg(target_has_atomic = "64")]
-pub use counter::{CounterId, LocalCounters, PerCpuCounter, PerCpuCounters};
+pub use counter::{Counter, CounterSet, Counts, LocalCounters, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
+pub use inbox::{InboxConsumer, InboxDrain, Leftovers, PerCpuInbox, Ticket};
 pub use hot_add::{ChangeState, Component, Prepared, ProcessorChange};
 pub use percpu::{InPlace, InPlaceFn, InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinError, PinGuard, Platform};
 pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};
 pub use processor::{OutOfRange, ProcessorIndex, ProcessorNumber, UniformGroups, MAX_GROUP_SIZE};
-pub use queue::{Consumer, Drain, DrainAll, PerCpuQueue, PushError};
+pub use queue::{Consumer, Drain, DrainAll, PerCpuQueue, PushError, QueueLeftovers};
 
 /// The README's example, compiled and run as a doctest so it cannot rot.
 #[cfg(doctest)]

@@ -238,7 +238,12 @@ impl<T, P: Platform, F> PerCpu<T, P, P::Alloc, F> {
     ///
     /// # Errors
     /// [`Error::OutOfMemory`] for the table; [`Error::CapacityOverflow`].
-    pub fn new(platform: &P, init: F) -> Result<Self, Error> {
+    pub fn new(platform: &P, init: F) -> Result<Self, Error>
+    where
+        // Stated here (not needed to build the table) so a closure's argument
+        // and `T` are inferred from `init` alone.
+        F: Fn(ProcessorIndex) -> Result<T, Error>,
+    {
         Self::with_padding_in(platform, platform.allocator(), SlotPadding::CacheLine, init)
     }
 }
@@ -249,7 +254,10 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
     ///
     /// # Errors
     /// As [`new`](PerCpu::new).
-    pub fn new_in(platform: &P, alloc: A, init: F) -> Result<Self, Error> {
+    pub fn new_in(platform: &P, alloc: A, init: F) -> Result<Self, Error>
+    where
+        F: Fn(ProcessorIndex) -> Result<T, Error>,
+    {
         Self::with_padding_in(platform, alloc, SlotPadding::CacheLine, init)
     }
 
@@ -258,7 +266,7 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
     /// ```
     /// use perproc::{host::{HostAlloc, HostPlatform}, PerCpu, ProcessorIndex, SlotPadding};
     /// let platform = HostPlatform::new(2048)?;
-    /// let names = PerCpu::with_padding_in(&platform, HostAlloc, SlotPadding::Compact, |cpu| {
+    /// let names = PerCpu::with_padding_in(&platform, HostAlloc, SlotPadding::Compact, |cpu: ProcessorIndex| {
     ///     Ok(cpu.get() * 10)
     /// })?;
     /// let cpu = ProcessorIndex::new(2047).unwrap();
@@ -346,13 +354,13 @@ where
     /// ```
     /// use perproc::{host::HostPlatform, PerCpu, ProcessorIndex};
     /// let platform = HostPlatform::new(4)?;
-    /// // 1 MiB per processor, never on a stack.
-    /// let tables = PerCpu::new_zeroed(&platform, |cpu, table: &mut [u64; 131_072]| {
-    ///     table[0] = u64::from(cpu.get());
+    /// // 1 MiB per processor (32 rows of 4096 words), never on a stack.
+    /// let tables = PerCpu::new_zeroed(&platform, |cpu, table: &mut [[u64; 4096]; 32]| {
+    ///     table[0][0] = u64::from(cpu.get());
     ///     Ok(())
     /// })?;
     /// let _ = tables.prepare(ProcessorIndex::new(3).unwrap())?;
-    /// assert_eq!(tables.get(ProcessorIndex::new(3).unwrap()).unwrap()[0], 3);
+    /// assert_eq!(tables.get(ProcessorIndex::new(3).unwrap()).unwrap()[0][0], 3);
     /// # Ok::<(), perproc::Error>(())
     /// ```
     ///

@@ -11,13 +11,18 @@ use std::sync::Mutex;
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::CountingAlloc;
 use perproc::{
-    AllocError, Error, InitFn, PerCpu, Platform, ProcessorIndex, RawAlloc, SlotPadding, SlotState,
-    CACHE_LINE,
+    AllocError, Error, InitFn, PerCpu, Platform, Prepared, ProcessorIndex, RawAlloc, SlotPadding,
+    SlotState, CACHE_LINE,
 };
 
-fn table(capacity: usize) -> PerCpu<Built, HostAlloc> {
+/// A host machine of `capacity` processors (what `with_capacity_in` took).
+fn machine(capacity: u32) -> HostPlatform {
+    HostPlatform::new(capacity).unwrap()
+}
+
+fn table(capacity: u32) -> PerCpu<Built, HostPlatform> {
     let init: InitFn<Built> = |i| Ok(Built::new(i));
-    PerCpu::with_capacity_in(capacity, HostAlloc, SlotPadding::CacheLine, init).unwrap()
+    PerCpu::with_padding_in(&machine(capacity), HostAlloc, SlotPadding::CacheLine, init).unwrap()
 }
 
 #[test]
@@ -34,7 +39,7 @@ fn nothing_is_published_before_prepare() {
 #[test]
 fn prepare_publishes_commit_marks_online() {
     let t = table(8);
-    t.prepare(cpu(3)).unwrap();
+    assert_eq!(t.prepare(cpu(3)), Ok(Prepared::New));
     t.get(cpu(3)).unwrap().check(cpu(3));
     assert_eq!(t.state(cpu(3)), SlotState::Prepared);
     assert_eq!((t.published_count(), t.online_count()), (1, 0));
@@ -47,17 +52,18 @@ fn prepare_publishes_commit_marks_online() {
 #[test]
 fn duplicate_events_are_idempotent() {
     let calls = AtomicUsize::new(0);
-    let t = PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::CacheLine, |i| {
+    let t = PerCpu::with_padding_in(&machine(4), HostAlloc, SlotPadding::CacheLine, |i| {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok(Built::new(i))
     })
     .unwrap();
-    t.prepare(cpu(1)).unwrap();
+    assert_eq!(t.prepare(cpu(1)), Ok(Prepared::New));
     let first: *const Built = t.get(cpu(1)).unwrap();
-    t.prepare(cpu(1)).unwrap();
+    assert_eq!(t.prepare(cpu(1)), Ok(Prepared::Already));
     t.commit(cpu(1)).unwrap();
     t.commit(cpu(1)).unwrap();
-    t.prepare(cpu(1)).unwrap(); // a Start after Complete changes nothing
+    // a Start after Complete changes nothing
+    assert_eq!(t.prepare(cpu(1)), Ok(Prepared::Already));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(core::ptr::eq(first, t.get(cpu(1)).unwrap()));
     assert_eq!(t.state(cpu(1)), SlotState::Online);
@@ -70,7 +76,7 @@ fn out_of_order_events_are_errors_not_changes() {
     assert_eq!(t.commit(cpu(2)), Err(Error::NotPrepared)); // Complete before Start
     assert_eq!(t.abort(cpu(2)), Ok(None)); // Failure for a processor never prepared
     assert_eq!(t.state(cpu(2)), SlotState::Absent);
-    t.prepare(cpu(2)).unwrap();
+    let _ = t.prepare(cpu(2)).unwrap();
     t.commit(cpu(2)).unwrap();
     assert_eq!(t.abort(cpu(2)), Err(Error::AlreadyOnline)); // Failure after Complete
     assert_eq!(t.state(cpu(2)), SlotState::Online);
@@ -107,12 +113,12 @@ fn indexes_past_capacity_are_values_never_panics() {
 #[test]
 fn abort_hides_keeps_and_revives_the_same_slot() {
     let calls = AtomicUsize::new(0);
-    let t = PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::CacheLine, |i| {
+    let t = PerCpu::with_padding_in(&machine(4), HostAlloc, SlotPadding::CacheLine, |i| {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok(Built::new(i))
     })
     .unwrap();
-    t.prepare(cpu(2)).unwrap();
+    let _ = t.prepare(cpu(2)).unwrap();
     let held: &Built = t.get(cpu(2)).unwrap(); // a reader keeps this across the abort
     let returned = t.abort(cpu(2)).unwrap().unwrap();
     assert!(core::ptr::eq(held, returned));
@@ -126,7 +132,8 @@ fn abort_hides_keeps_and_revives_the_same_slot() {
     assert_eq!(t.abort(cpu(2)), Ok(None)); // idempotent
     assert_eq!(t.commit(cpu(2)), Err(Error::NotPrepared));
 
-    t.prepare(cpu(2)).unwrap(); // the next add gets the kept slot back
+    // the next add gets the kept slot back, and says it did something
+    assert_eq!(t.prepare(cpu(2)), Ok(Prepared::New));
     assert!(core::ptr::eq(t.get(cpu(2)).unwrap(), held));
     assert!(t.retired(cpu(2)).is_none());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -136,12 +143,11 @@ fn abort_hides_keeps_and_revives_the_same_slot() {
 
 #[test]
 fn growth_never_moves_a_slot() {
-    let n = if cfg!(miri) { 40 } else { 2048 };
+    let n: u32 = if cfg!(miri) { 40 } else { 2048 };
     let t = table(n);
     let mut seen: Vec<*const Built> = Vec::new();
     for i in 0..n {
-        let i = u32::try_from(i).unwrap();
-        t.prepare(cpu(i)).unwrap();
+        let _ = t.prepare(cpu(i)).unwrap();
         t.commit(cpu(i)).unwrap();
         seen.push(t.get(cpu(i)).unwrap());
     }
@@ -151,7 +157,7 @@ fn growth_never_moves_a_slot() {
         // SAFETY: references from a PerCpu live as long as the container.
         unsafe { &*p }.check(i);
     }
-    assert_eq!(t.online_count(), n);
+    assert_eq!(t.online_count(), n as usize);
 }
 
 #[test]
@@ -161,7 +167,7 @@ fn sparse_indexes_across_groups_iterate_once_each() {
     assert_eq!(t.capacity(), 4096);
     let picked = [0, 1, 63, 64, 65, 127, 128, 1000, 2047, 2048, 4095];
     for &i in picked.iter().rev() {
-        t.prepare(cpu(i)).unwrap();
+        let _ = t.prepare(cpu(i)).unwrap();
     }
     t.abort(cpu(65)).unwrap();
     let mut seen: Vec<u32> = t
@@ -186,19 +192,21 @@ fn sparse_indexes_across_groups_iterate_once_each() {
 fn current_reads_the_pinned_processors_slot() {
     let platform = HostPlatform::new(8).unwrap();
     let t = PerCpu::new(&platform, |i| Ok(Built::new(i))).unwrap();
-    t.prepare(cpu(5)).unwrap();
+    let _ = t.prepare(cpu(5)).unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             platform.bind_current_thread(cpu(5)).unwrap();
-            let pin = platform.pin();
-            t.current(&pin).unwrap().check(cpu(5));
+            platform
+                .pinned(|pin| t.current(pin).unwrap().check(cpu(5)))
+                .unwrap();
         });
         s.spawn(|| {
             platform.bind_current_thread(cpu(6)).unwrap();
-            let pin = platform.pin();
-            assert!(t.current(&pin).is_none()); // no slot yet: None, never UB
+            // no slot yet: None, never UB
+            assert!(platform.pinned(|pin| t.current(pin).is_none()).unwrap());
         });
     });
+    assert_eq!(*t.platform(), platform);
 }
 
 #[test]
@@ -207,14 +215,15 @@ fn slots_are_cache_line_isolated_unless_compact() {
     assert_eq!(t.slot_size() % CACHE_LINE, 0);
     assert!(t.slot_size() >= core::mem::size_of::<Built>());
     for i in 0..4 {
-        t.prepare(cpu(i)).unwrap();
+        let _ = t.prepare(cpu(i)).unwrap();
         let addr = t.get(cpu(i)).unwrap() as *const Built as usize;
         assert_eq!(addr % CACHE_LINE, 0, "slot {i} not on a cache line");
     }
     let compact =
-        PerCpu::with_capacity_in(4, HostAlloc, SlotPadding::Compact, |_| Ok(7u32)).unwrap();
+        PerCpu::with_padding_in(&machine(4), HostAlloc, SlotPadding::Compact, |_| Ok(7u32))
+            .unwrap();
     assert!(compact.slot_size() < CACHE_LINE);
-    compact.prepare(cpu(0)).unwrap();
+    let _ = compact.prepare(cpu(0)).unwrap();
     assert_eq!(compact.get(cpu(0)), Some(&7));
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     assert_eq!(CACHE_LINE, 128);
@@ -242,12 +251,9 @@ unsafe impl RawAlloc for Placement {
 #[test]
 fn each_slot_is_allocated_for_its_processor() {
     let placement = Placement(Mutex::new(Vec::new()));
-    let t = PerCpu::with_capacity_in(64, &placement, SlotPadding::CacheLine, |i| {
-        Ok(Built::new(i))
-    })
-    .unwrap();
+    let t = PerCpu::new_in(&machine(64), &placement, |i| Ok(Built::new(i))).unwrap();
     for i in [9, 3, 40] {
-        t.prepare(cpu(i)).unwrap();
+        let _ = t.prepare(cpu(i)).unwrap();
     }
     let log = placement.0.lock().unwrap().clone();
     // The table (shared by all, with the container's few words of bookkeeping)
@@ -270,20 +276,17 @@ fn absent_processors_cost_one_pointer_and_no_value() {
     // The container's fixed bookkeeping shares the table's block; each
     // processor the table can hold adds exactly one pointer to it.
     let small = CountingAlloc::new(HostAlloc);
-    let s = PerCpu::with_capacity_in(1024, &small, SlotPadding::CacheLine, |i| Ok(Built::new(i)))
-        .unwrap();
+    let built: InitFn<Built> = |i| Ok(Built::new(i));
+    let s: PerCpu<Built, _, _> = PerCpu::new_in(&machine(1024), &small, built).unwrap();
     let counting = CountingAlloc::new(HostAlloc);
-    let t = PerCpu::with_capacity_in(2048, &counting, SlotPadding::CacheLine, |i| {
-        Ok(Built::new(i))
-    })
-    .unwrap();
+    let t = PerCpu::new_in(&machine(2048), &counting, |i| Ok(Built::new(i))).unwrap();
     assert_eq!((small.live_blocks(), counting.live_blocks()), (1, 1));
     assert_eq!(
         counting.live_bytes() - small.live_bytes(),
         1024 * core::mem::size_of::<*const u8>()
     );
     let empty = counting.live_bytes();
-    t.prepare(cpu(7)).unwrap();
+    let _ = t.prepare(cpu(7)).unwrap();
     assert_eq!(counting.live_blocks(), 2);
     assert_eq!(counting.live_bytes(), empty + t.slot_size());
     drop(t);
@@ -304,12 +307,12 @@ impl Drop for Tracked {
 #[test]
 fn drop_drops_every_value_once_retired_ones_too() {
     let counting = CountingAlloc::new(HostAlloc);
-    let t = PerCpu::with_capacity_in(16, &counting, SlotPadding::CacheLine, |i| {
+    let t = PerCpu::new_in(&machine(16), &counting, |i: ProcessorIndex| {
         Ok(Tracked(i.get()))
     })
     .unwrap();
     for i in 0..10 {
-        t.prepare(cpu(i)).unwrap();
+        let _ = t.prepare(cpu(i)).unwrap();
     }
     for i in 0..5 {
         t.commit(cpu(i)).unwrap();
@@ -317,7 +320,7 @@ fn drop_drops_every_value_once_retired_ones_too() {
     for i in 5..8 {
         t.abort(cpu(i)).unwrap();
     }
-    t.prepare(cpu(6)).unwrap(); // revived, not rebuilt
+    let _ = t.prepare(cpu(6)).unwrap(); // revived, not rebuilt
     assert_eq!(DROPS.load(Ordering::SeqCst), 0);
     drop(t);
     assert_eq!(DROPS.load(Ordering::SeqCst), 10);
@@ -327,7 +330,7 @@ fn drop_drops_every_value_once_retired_ones_too() {
 #[test]
 fn constructor_errors_fail_the_prepare_and_leave_nothing() {
     let counting = CountingAlloc::new(HostAlloc);
-    let t = PerCpu::with_capacity_in(4, &counting, SlotPadding::CacheLine, |i| {
+    let t = PerCpu::new_in(&machine(4), &counting, |i: ProcessorIndex| {
         if i.get() == 1 {
             Err(Error::Status(-1073741670)) // STATUS_INSUFFICIENT_RESOURCES, say
         } else {
@@ -340,7 +343,7 @@ fn constructor_errors_fail_the_prepare_and_leave_nothing() {
     assert_eq!(counting.live_bytes(), before);
     assert_eq!(t.state(cpu(1)), SlotState::Absent);
     assert_eq!(t.iter_all().count(), 0);
-    t.prepare(cpu(2)).unwrap();
+    let _ = t.prepare(cpu(2)).unwrap();
     assert_eq!(t.iter().count(), 1);
 }
 
@@ -348,7 +351,7 @@ fn constructor_errors_fail_the_prepare_and_leave_nothing() {
 fn a_panicking_constructor_leaves_the_index_usable() {
     let counting = CountingAlloc::new(HostAlloc);
     let boom = AtomicUsize::new(1);
-    let t = PerCpu::with_capacity_in(4, &counting, SlotPadding::CacheLine, |i| {
+    let t = PerCpu::new_in(&machine(4), &counting, |i: ProcessorIndex| {
         if boom.swap(0, Ordering::SeqCst) == 1 {
             panic!("constructor failed");
         }
@@ -360,13 +363,173 @@ fn a_panicking_constructor_leaves_the_index_usable() {
     assert!(caught.is_err());
     assert_eq!(counting.live_bytes(), before);
     assert_eq!(t.state(cpu(0)), SlotState::Absent);
-    t.prepare(cpu(0)).unwrap();
+    let _ = t.prepare(cpu(0)).unwrap();
     t.get(cpu(0)).unwrap().check(cpu(0));
 }
 
 #[test]
 fn containers_are_send_and_sync() {
     fn is<T: Send + Sync>() {}
-    is::<PerCpu<u64, HostAlloc>>();
-    is::<PerCpu<Built, &CountingAlloc<HostAlloc>>>();
+    is::<PerCpu<u64, HostPlatform>>();
+    is::<PerCpu<Built, HostPlatform, &CountingAlloc<HostAlloc>>>();
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13's survivors: events for a processor whose slot is being built, the
+// retired accessor, `is_published`, and the HIDDEN bit across abort/revive.
+
+#[test]
+fn events_for_a_slot_being_built_are_busy_never_ub() {
+    // The constructor calls back into the container for its own index: the
+    // slot is being built, deterministically, while these run.
+    let counting = CountingAlloc::new(HostAlloc);
+    let t = PerCpu::new_in(&machine(4), &counting, |i| Ok(Built::new(i))).unwrap();
+    let inside = AtomicUsize::new(0);
+    let prepared = t.prepare_with(cpu(2), |i| {
+        inside.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(t.state(i), SlotState::Busy);
+        assert_eq!(t.prepare(i), Err(Error::Busy));
+        assert_eq!(t.prepare_with(i, |_| Ok(Built::new(i))), Err(Error::Busy));
+        assert_eq!(t.commit(i), Err(Error::Busy));
+        assert_eq!(t.abort(i), Err(Error::Busy));
+        assert!(t.get(i).is_none());
+        assert!(t.retired(i).is_none());
+        assert_eq!(t.iter_all().count(), 0);
+        assert_eq!(t.published_count(), 0);
+        // Other processors are not held up.
+        assert_eq!(t.prepare(cpu(3)), Ok(Prepared::New));
+        Ok(Built::new(i))
+    });
+    assert_eq!(inside.load(Ordering::SeqCst), 1);
+    assert_eq!(prepared, Ok(Prepared::New));
+    // The refused events changed nothing: the build completed as one prepare.
+    assert_eq!(t.state(cpu(2)), SlotState::Prepared);
+    t.get(cpu(2)).unwrap().check(cpu(2));
+    t.commit(cpu(2)).unwrap();
+    assert_eq!((t.published_count(), t.online_count()), (2, 1));
+
+    // A build that fails after the nested events leaves the index as it was.
+    let failed = t.prepare_with(cpu(1), |i| {
+        assert_eq!(t.prepare(i), Err(Error::Busy));
+        assert_eq!(t.abort(i), Err(Error::Busy));
+        Err(Error::Status(7))
+    });
+    assert_eq!(failed, Err(Error::Status(7)));
+    assert_eq!(t.state(cpu(1)), SlotState::Absent);
+    assert_eq!(t.abort(cpu(1)), Ok(None));
+    assert_eq!(t.commit(cpu(1)), Err(Error::NotPrepared));
+    drop(t);
+    assert_eq!(counting.live_blocks(), 0);
+}
+
+#[test]
+fn events_for_a_slot_being_built_in_place_are_busy() {
+    let t = PerCpu::new_zeroed(&machine(2), |_, _: &mut [u64; 4]| Ok(())).unwrap();
+    let prepared = t.prepare_zeroed_with(cpu(1), |i, value| {
+        assert_eq!(t.state(i), SlotState::Busy);
+        assert_eq!(t.prepare(i), Err(Error::Busy));
+        assert_eq!(t.commit(i), Err(Error::Busy));
+        assert_eq!(t.abort(i), Err(Error::Busy));
+        assert!(t.retired(i).is_none());
+        value[0] = 11;
+        Ok(())
+    });
+    assert_eq!(prepared, Ok(Prepared::New));
+    assert_eq!(t.get(cpu(1)), Some(&[11, 0, 0, 0]));
+}
+
+#[test]
+fn retired_is_some_only_for_a_retired_slot() {
+    let t = table(4);
+    // Absent, and past the capacity.
+    assert!(t.retired(cpu(1)).is_none());
+    assert!(t.retired(cpu(4)).is_none());
+    assert!(t
+        .retired(ProcessorIndex::new(u32::MAX - 1).unwrap())
+        .is_none());
+    // Published: prepared, then online.
+    let _ = t.prepare(cpu(1)).unwrap();
+    assert!(t.retired(cpu(1)).is_none());
+    let _ = t.prepare(cpu(2)).unwrap();
+    t.commit(cpu(2)).unwrap();
+    assert!(t.retired(cpu(2)).is_none());
+    // Retired: the very slot that was published.
+    let held: *const Built = t.get(cpu(1)).unwrap();
+    let _ = t.abort(cpu(1)).unwrap();
+    let retired = t.retired(cpu(1)).unwrap();
+    assert!(core::ptr::eq(retired, held));
+    retired.check(cpu(1));
+    // Other indexes are unaffected.
+    assert!(t.retired(cpu(0)).is_none());
+    assert!(t.retired(cpu(2)).is_none());
+    assert!(t.retired(cpu(3)).is_none());
+    // Revived: published again, so not retired.
+    let _ = t.prepare(cpu(1)).unwrap();
+    assert!(t.retired(cpu(1)).is_none());
+    assert!(core::ptr::eq(t.get(cpu(1)).unwrap(), held));
+}
+
+#[test]
+fn is_published_for_every_state() {
+    let all = [
+        (SlotState::Absent, false),
+        (SlotState::Prepared, true),
+        (SlotState::Online, true),
+        (SlotState::Retired, false),
+        (SlotState::Busy, false),
+    ];
+    for (state, published) in all {
+        assert_eq!(state.is_published(), published, "{state:?}");
+    }
+    // And it agrees with what readers see, through a whole add.
+    let t = table(2);
+    let agrees = |t: &PerCpu<Built, HostPlatform>| {
+        assert_eq!(t.state(cpu(0)).is_published(), t.get(cpu(0)).is_some());
+    };
+    agrees(&t);
+    let _ = t.prepare(cpu(0)).unwrap();
+    agrees(&t);
+    let _ = t.abort(cpu(0)).unwrap();
+    agrees(&t);
+    let _ = t.prepare(cpu(0)).unwrap();
+    t.commit(cpu(0)).unwrap();
+    agrees(&t);
+}
+
+#[test]
+fn the_hidden_bit_survives_abort_revive_abort() {
+    let calls = AtomicUsize::new(0);
+    let t = PerCpu::new(&machine(4), |i| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Built::new(i))
+    })
+    .unwrap();
+    assert_eq!(t.prepare(cpu(3)), Ok(Prepared::New));
+    let slot: *const Built = t.get(cpu(3)).unwrap();
+    for round in 0..3 {
+        // Abort: hidden from readers, iteration and commit; kept.
+        let aborted = t.abort(cpu(3)).unwrap().unwrap();
+        assert!(core::ptr::eq(aborted, slot), "round {round}");
+        assert!(t.get(cpu(3)).is_none());
+        assert_eq!(t.state(cpu(3)), SlotState::Retired);
+        assert!(core::ptr::eq(t.retired(cpu(3)).unwrap(), slot));
+        assert_eq!(t.iter().count(), 0);
+        assert_eq!(t.iter_all().count(), 1);
+        assert_eq!(t.published_count(), 0);
+        assert_eq!(t.abort(cpu(3)), Ok(None)); // idempotent while hidden
+        assert_eq!(t.commit(cpu(3)), Err(Error::NotPrepared));
+        // Revive: the same slot, visible again, no constructor call.
+        assert_eq!(t.prepare(cpu(3)), Ok(Prepared::New));
+        assert!(core::ptr::eq(t.get(cpu(3)).unwrap(), slot));
+        assert_eq!(t.state(cpu(3)), SlotState::Prepared);
+        assert!(t.retired(cpu(3)).is_none());
+        assert_eq!(t.iter().count(), 1);
+        assert_eq!(t.published_count(), 1);
+        assert_eq!(t.prepare(cpu(3)), Ok(Prepared::Already));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Finally online: the HIDDEN bit is clear, so abort refuses.
+    t.commit(cpu(3)).unwrap();
+    assert_eq!(t.abort(cpu(3)), Err(Error::AlreadyOnline));
+    t.get(cpu(3)).unwrap().check(cpu(3));
 }

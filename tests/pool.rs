@@ -10,7 +10,7 @@ use std::sync::{mpsc, Mutex};
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
 use perproc::{
-    AllocError, Components, Error, Limits, PerCpuPool, PinGuard, Platform, PoolBox, ProcessorIndex,
+    AllocError, Component, Error, Limits, PerCpuPool, Platform, PoolBox, Prepared, ProcessorIndex,
     RawAlloc, SlotState,
 };
 
@@ -56,17 +56,18 @@ fn pool_on<A: RawAlloc>(
     platform: &HostPlatform,
     alloc: A,
     limits: Limits,
-) -> PerCpuPool<Obj, &HostPlatform, A> {
-    PerCpuPool::with_allocator(platform, alloc, limits).unwrap()
+) -> PerCpuPool<Obj, HostPlatform, A> {
+    PerCpuPool::new_in(platform, alloc, limits).unwrap()
 }
 
-/// The whole pool adds up: every object is handed out, in the depot, or cached.
+/// The whole pool adds up: every object is handed out, in the depot, cached,
+/// or on its way back (dropped boxes).
 fn assert_accounted<T, P: Platform, A: RawAlloc>(pool: &PerCpuPool<T, P, A>, outstanding: usize) {
     let stats = pool.stats();
     assert_eq!(stats.outstanding, outstanding, "{stats:?}");
     assert_eq!(
         stats.objects,
-        outstanding + stats.in_depot + stats.cached + stats.stranded,
+        outstanding + stats.in_depot + stats.cached + stats.stranded + stats.returning,
         "{stats:?}"
     );
     assert!(stats.objects <= stats.limit, "{stats:?}");
@@ -86,22 +87,24 @@ fn local_alloc_and_free_hit_the_magazines() {
             per_cpu: 16,
         },
     );
-    pool.prepare(cpu(0)).unwrap();
+    assert_eq!(pool.prepare(cpu(0)), Ok(Prepared::New));
     pool.commit(cpu(0)).unwrap();
     assert_eq!(pool.magazine_size(), 8);
-    let pin = platform.pin();
-    for round in 0..4u64 {
-        let objects: Vec<_> = (0..8)
-            .map(|i| pool.alloc(&pin, Obj::new(round * 8 + i)).unwrap())
-            .collect();
-        for (i, object) in objects.iter().enumerate() {
-            assert_eq!(object.token(), round * 8 + i as u64);
-        }
-        for object in objects {
-            object.free(&pin);
-        }
-    }
-    drop(pin);
+    platform
+        .pinned(|pin| {
+            for round in 0..4u64 {
+                let objects: Vec<_> = (0..8)
+                    .map(|i| pool.alloc(pin, Obj::new(round * 8 + i)).unwrap())
+                    .collect();
+                for (i, object) in objects.iter().enumerate() {
+                    assert_eq!(object.token(), round * 8 + i as u64);
+                }
+                for object in objects {
+                    pool.free(pin, object);
+                }
+            }
+        })
+        .unwrap();
     let stats = pool.processor_stats(cpu(0)).unwrap();
     assert_eq!(stats.allocs(), 32);
     assert_eq!(stats.frees(), 32);
@@ -125,35 +128,39 @@ fn exchanges_trade_whole_magazines_with_the_depot() {
             per_cpu: 8,
         },
     );
-    pool.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    // 40 objects out, 40 back: frees overflow two magazines of 4 into the depot.
-    let objects: Vec<_> = (0..40)
-        .map(|i| pool.alloc_raw(&pin, Obj::new(i)).unwrap())
-        .collect();
-    assert_accounted(&pool, 40);
-    for object in objects {
-        // SAFETY: allocated above, freed once.
-        unsafe { pool.free_raw(&pin, object) };
-    }
-    let after_frees = pool.processor_stats(cpu(0)).unwrap();
-    assert!(after_frees.exchanges > 0, "{after_frees:?}");
-    assert_eq!(after_frees.cached, 8);
-    assert_eq!(pool.stats().in_depot + 8, pool.stats().objects);
-    // Allocating them again reloads full magazines from the depot.
-    let objects_before = pool.stats().objects;
-    let objects: Vec<_> = (0..40)
-        .map(|i| pool.alloc(&pin, Obj::new(i)).unwrap())
-        .collect();
-    let again = pool.processor_stats(cpu(0)).unwrap();
-    assert!(again.exchanges > after_frees.exchanges, "{again:?}");
-    assert_eq!(
-        pool.stats().objects,
-        objects_before,
-        "no growth: the depot had them"
-    );
-    drop(objects);
-    drop(pin);
+    let _ = pool.prepare(cpu(0)).unwrap();
+    platform
+        .pinned(|pin| {
+            // 40 objects out, 40 back: frees overflow two magazines of 4 into the depot.
+            let objects: Vec<_> = (0..40)
+                .map(|i| pool.alloc_raw(pin, Obj::new(i)).unwrap())
+                .collect();
+            assert_accounted(&pool, 40);
+            for object in objects {
+                // SAFETY: allocated above, freed once.
+                unsafe { pool.free_raw(pin, object) };
+            }
+            let after_frees = pool.processor_stats(cpu(0)).unwrap();
+            assert!(after_frees.exchanges > 0, "{after_frees:?}");
+            assert_eq!(after_frees.cached, 8);
+            assert_eq!(pool.stats().in_depot + 8, pool.stats().objects);
+            // Allocating them again reloads full magazines from the depot.
+            let objects_before = pool.stats().objects;
+            let objects: Vec<_> = (0..40)
+                .map(|i| pool.alloc(pin, Obj::new(i)).unwrap())
+                .collect();
+            let again = pool.processor_stats(cpu(0)).unwrap();
+            assert!(again.exchanges > after_frees.exchanges, "{again:?}");
+            assert_eq!(
+                pool.stats().objects,
+                objects_before,
+                "no growth: the depot had them"
+            );
+            for object in objects {
+                pool.free(pin, object);
+            }
+        })
+        .unwrap();
     assert_accounted(&pool, 0);
 }
 
@@ -168,20 +175,23 @@ fn exhaustion_is_an_error_value_and_recovers() {
             per_cpu: 4,
         },
     );
-    pool.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    let mut held: Vec<_> = (0..10)
-        .map(|i| pool.alloc(&pin, Obj::new(i)).unwrap())
-        .collect();
-    assert_eq!(
-        pool.alloc(&pin, Obj::new(99)).unwrap_err(),
-        Error::Exhausted
-    );
-    assert_eq!(pool.stats().objects, 10);
-    held.pop().unwrap().free(&pin);
-    assert_eq!(pool.alloc(&pin, Obj::new(7)).unwrap().token(), 7);
-    drop(held);
-    drop(pin);
+    let _ = pool.prepare(cpu(0)).unwrap();
+    platform
+        .pinned(|pin| {
+            let mut held: Vec<_> = (0..10)
+                .map(|i| pool.alloc(pin, Obj::new(i)).unwrap())
+                .collect();
+            assert_eq!(pool.alloc(pin, Obj::new(99)).unwrap_err(), Error::Exhausted);
+            assert_eq!(pool.stats().objects, 10);
+            pool.free(pin, held.pop().unwrap());
+            let again = pool.alloc(pin, Obj::new(7)).unwrap();
+            assert_eq!(again.token(), 7);
+            pool.free(pin, again);
+            for object in held {
+                pool.free(pin, object);
+            }
+        })
+        .unwrap();
     assert_accounted(&pool, 0);
     let pool = pool_on(
         &platform,
@@ -192,8 +202,10 @@ fn exhaustion_is_an_error_value_and_recovers() {
         },
     );
     assert_eq!(
-        pool.alloc(&platform.pin(), Obj::new(1)).unwrap_err(),
-        Error::Exhausted
+        platform
+            .pinned(|pin| pool.alloc(pin, Obj::new(1)).map(drop))
+            .unwrap(),
+        Err(Error::Exhausted)
     );
 }
 
@@ -208,17 +220,19 @@ fn a_processor_without_a_cache_goes_through_the_depot() {
             per_cpu: 8,
         },
     );
-    pool.prepare(cpu(0)).unwrap();
+    let _ = pool.prepare(cpu(0)).unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             platform.bind_current_thread(cpu(3)).unwrap(); // never prepared
-            let pin = platform.pin();
-            let a = pool.alloc(&pin, Obj::new(1)).unwrap();
-            let b = pool.alloc(&pin, Obj::new(2)).unwrap();
-            assert_eq!((a.token(), b.token()), (1, 2));
-            a.free(&pin);
-            drop(pin);
-            drop(b); // pins by itself
+            platform
+                .pinned(|pin| {
+                    let a = pool.alloc(pin, Obj::new(1)).unwrap();
+                    let b = pool.alloc(pin, Obj::new(2)).unwrap();
+                    assert_eq!((a.token(), b.token()), (1, 2));
+                    pool.free(pin, a);
+                    pool.free(pin, b);
+                })
+                .unwrap();
         });
     });
     let stats = pool.stats();
@@ -228,17 +242,28 @@ fn a_processor_without_a_cache_goes_through_the_depot() {
         "{stats:?}"
     );
     assert!(pool.processor_stats(cpu(3)).is_none());
-    // Past the table too: a guard for an index the pool has no room for.
-    struct Far;
-    // SAFETY: a test guard for an index nothing else pins; used on this thread.
-    unsafe impl PinGuard for Far {
-        fn processor(&self) -> ProcessorIndex {
-            ProcessorIndex::new(1000).unwrap()
-        }
-    }
-    let object = pool.alloc_raw(&Far, Obj::new(5)).unwrap();
-    // SAFETY: allocated above, freed once.
-    unsafe { pool.free_raw(&Far, object) };
+    // Past the table too: a pin (of the same machine, through a platform
+    // handle that counts more processors) for an index the pool has no room for.
+    let larger = HostPlatform::new(2000).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            larger.bind_current_thread(cpu(1000)).unwrap();
+            larger
+                .pinned(|pin| {
+                    assert_eq!(pin.processor(), cpu(1000));
+                    let object = pool.alloc_raw(pin, Obj::new(5)).unwrap();
+                    // SAFETY: allocated above, freed once.
+                    unsafe { pool.free_raw(pin, object) };
+                })
+                .unwrap();
+        });
+    });
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.direct_allocs, stats.direct_frees),
+        (3, 3),
+        "{stats:?}"
+    );
     assert_accounted(&pool, 0);
 }
 
@@ -253,23 +278,29 @@ fn remote_frees_land_in_the_freeing_processors_cache() {
             per_cpu: 32,
         },
     );
-    let set = Components::new([&pool]);
+    let set = [&pool];
     for i in 0..2 {
-        set.start(cpu(i)).unwrap();
-        set.complete(cpu(i)).unwrap();
+        assert_eq!(set.prepare(cpu(i)), Ok(Prepared::New));
+        set.commit(cpu(i)).unwrap();
     }
-    let pin = platform.pin();
-    let objects: Vec<_> = (0..10)
-        .map(|i| pool.alloc(&pin, Obj::new(i)).unwrap())
-        .collect();
-    drop(pin);
+    let objects: Vec<_> = platform
+        .pinned(|pin| {
+            (0..10)
+                .map(|i| pool.alloc(pin, Obj::new(i)).unwrap())
+                .collect()
+        })
+        .unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             platform.bind_current_thread(cpu(1)).unwrap();
-            for (i, object) in objects.into_iter().enumerate() {
-                assert_eq!(object.token(), i as u64);
-                drop(object); // completion on processor 1
-            }
+            platform
+                .pinned(|pin| {
+                    for (i, object) in objects.into_iter().enumerate() {
+                        assert_eq!(object.token(), i as u64);
+                        pool.free(pin, object); // completion on processor 1
+                    }
+                })
+                .unwrap();
         });
     });
     let one = pool.processor_stats(cpu(1)).unwrap();
@@ -306,7 +337,7 @@ fn hot_add_prepare_is_fallible_commit_trivial_abort_idempotent() {
     }
     failing.plan(FailPlan::Never);
     let placed = counting.placed_allocations();
-    pool.prepare(cpu(1)).unwrap();
+    assert_eq!(pool.prepare(cpu(1)), Ok(Prepared::New));
     assert_eq!(
         counting.live_blocks(),
         table_blocks + 3,
@@ -317,13 +348,13 @@ fn hot_add_prepare_is_fallible_commit_trivial_abort_idempotent() {
         placed + 3,
         "all placed for processor 1"
     );
-    pool.prepare(cpu(1)).unwrap(); // idempotent
+    assert_eq!(pool.prepare(cpu(1)), Ok(Prepared::Already)); // idempotent
     assert_eq!(counting.live_blocks(), table_blocks + 3);
     pool.abort(cpu(1)).unwrap();
     pool.abort(cpu(1)).unwrap();
     pool.abort(cpu(2)).unwrap(); // never prepared
     assert_eq!(pool.state(cpu(1)), SlotState::Retired);
-    pool.prepare(cpu(1)).unwrap(); // revived as is, no allocation
+    assert_eq!(pool.prepare(cpu(1)), Ok(Prepared::New)); // revived as is, no allocation
     assert_eq!(counting.live_blocks(), table_blocks + 3);
     pool.commit(cpu(1)).unwrap();
     assert_eq!(pool.abort(cpu(1)), Err(Error::AlreadyOnline));
@@ -347,17 +378,22 @@ fn an_aborted_processor_that_ran_code_hands_back_what_it_cached() {
             per_cpu: 8,
         },
     );
-    pool.prepare(cpu(0)).unwrap();
-    pool.prepare(cpu(2)).unwrap();
+    let _ = pool.prepare(cpu(0)).unwrap();
+    let _ = pool.prepare(cpu(2)).unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             // Code runs on processor 2 between AddStart and AddFailure.
             platform.bind_current_thread(cpu(2)).unwrap();
-            let pin = platform.pin();
-            let objects: Vec<_> = (0..6)
-                .map(|i| pool.alloc(&pin, Obj::new(i)).unwrap())
-                .collect();
-            drop(objects);
+            platform
+                .pinned(|pin| {
+                    let objects: Vec<_> = (0..6)
+                        .map(|i| pool.alloc(pin, Obj::new(i)).unwrap())
+                        .collect();
+                    for object in objects {
+                        pool.free(pin, object);
+                    }
+                })
+                .unwrap();
         });
     });
     let cached = pool.processor_stats(cpu(2)).unwrap().cached;
@@ -372,8 +408,9 @@ fn an_aborted_processor_that_ran_code_hands_back_what_it_cached() {
     std::thread::scope(|s| {
         s.spawn(|| {
             platform.bind_current_thread(cpu(2)).unwrap();
-            let pin = platform.pin();
-            pool.alloc(&pin, Obj::new(1)).unwrap().free(&pin);
+            platform
+                .pinned(|pin| pool.free(pin, pool.alloc(pin, Obj::new(1)).unwrap()))
+                .unwrap();
         });
     });
     let stats = pool.stats();
@@ -382,7 +419,7 @@ fn an_aborted_processor_that_ran_code_hands_back_what_it_cached() {
     assert_accounted(&pool, 0);
     // Added again: the same cache, no allocation.
     let magazines = pool.stats().magazines;
-    pool.prepare(cpu(2)).unwrap();
+    assert_eq!(pool.prepare(cpu(2)), Ok(Prepared::New));
     assert_eq!(pool.stats().magazines, magazines);
     assert!(!pool.processor_stats(cpu(2)).unwrap().retired);
 }
@@ -399,17 +436,18 @@ fn a_stranded_cache_is_reused_by_the_next_add_and_reclaimed_at_drop() {
             per_cpu: 8,
         },
     );
-    pool.prepare(cpu(1)).unwrap();
+    let _ = pool.prepare(cpu(1)).unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             platform.bind_current_thread(cpu(1)).unwrap();
-            let pin = platform.pin();
-            drop(pool.alloc(&pin, Obj::new(1)).unwrap());
+            platform
+                .pinned(|pin| pool.free(pin, pool.alloc(pin, Obj::new(1)).unwrap()))
+                .unwrap();
         });
     });
     pool.abort(cpu(1)).unwrap();
     assert!(pool.stats().stranded > 0);
-    pool.prepare(cpu(1)).unwrap();
+    let _ = pool.prepare(cpu(1)).unwrap();
     let stats = pool.stats();
     assert_eq!(stats.stranded, 0);
     assert!(stats.cached > 0, "the objects are the processor's again");
@@ -474,20 +512,24 @@ fn teardown_reports_outstanding_objects_and_keeps_their_memory() {
                 per_cpu: 8,
             },
         );
-        pool.prepare(cpu(0)).unwrap();
-        let pin = platform.pin();
-        let kept = pool.alloc_raw(&pin, Obj::new(42)).unwrap();
-        let forgotten = pool.alloc(&pin, Obj::new(43)).unwrap();
-        std::mem::forget(forgotten);
-        drop(pool.alloc(&pin, Obj::new(44)).unwrap());
-        drop(pin);
+        let _ = pool.prepare(cpu(0)).unwrap();
+        let kept = platform
+            .pinned(|pin| {
+                let kept = pool.alloc_raw(pin, Obj::new(42)).unwrap();
+                let forgotten = pool.alloc(pin, Obj::new(43)).unwrap();
+                std::mem::forget(forgotten);
+                pool.free(pin, pool.alloc(pin, Obj::new(44)).unwrap());
+                kept
+            })
+            .unwrap();
         assert_eq!(pool.stats().outstanding, 2);
         let slabs = pool.stats().slabs;
         assert_eq!(pool.teardown(), 2);
         // The slab is kept: the raw pointer still reads its object.
         // SAFETY: the pool kept the slab because this object was outstanding.
         assert_eq!(unsafe { kept.as_ref() }.token(), 42);
-        assert_eq!(arena.live.lock().unwrap().len(), slabs);
+        // The slabs and the home stay; everything else went.
+        assert_eq!(arena.live.lock().unwrap().len(), slabs + 1);
     }
     {
         // Nothing outstanding: everything goes.
@@ -499,10 +541,14 @@ fn teardown_reports_outstanding_objects_and_keeps_their_memory() {
                 per_cpu: 8,
             },
         );
-        drop(pool.alloc(&platform.pin(), Obj::new(1)).unwrap());
+        let object = platform
+            .pinned(|pin| pool.alloc(pin, Obj::new(1)).unwrap())
+            .unwrap();
+        drop(object); // unpinned: onto the home list, which teardown takes in
         let before = arena.live.lock().unwrap().len();
         assert_eq!(pool.teardown(), 0);
-        assert_eq!(arena.live.lock().unwrap().len(), before - 2); // table and slab
+        // table, home and slab
+        assert_eq!(arena.live.lock().unwrap().len(), before - 3);
     }
 }
 
@@ -524,30 +570,29 @@ fn values_are_dropped_on_free_and_never_by_the_pool() {
         },
     )
     .unwrap();
-    pool.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    let a = pool.alloc(&pin, Counted(1)).unwrap();
-    let b = pool.alloc_raw(&pin, Counted(2)).unwrap();
-    drop(a);
-    assert_eq!(DROPS.load(Ordering::SeqCst), 1);
-    // SAFETY: allocated above, freed once.
-    unsafe { pool.free_raw(&pin, b) };
-    assert_eq!(DROPS.load(Ordering::SeqCst), 2);
-    // Refused: the value is dropped; alloc_with does not even build it.
-    let small = PerCpuPool::<Counted, _>::new(
-        &platform,
-        Limits {
-            total: 0,
-            per_cpu: 0,
-        },
-    )
-    .unwrap();
-    assert!(small.alloc(&pin, Counted(3)).is_err());
-    assert_eq!(DROPS.load(Ordering::SeqCst), 3);
-    assert!(small
-        .alloc_with(&pin, || unreachable!("not built"))
-        .is_err());
-    drop(pin);
+    let _ = pool.prepare(cpu(0)).unwrap();
+    let pinned = platform.pinned(|pin| {
+        let a = pool.alloc(pin, Counted(1)).unwrap();
+        let b = pool.alloc_raw(pin, Counted(2)).unwrap();
+        pool.free(pin, a);
+        assert_eq!(DROPS.load(Ordering::SeqCst), 1);
+        // SAFETY: allocated above, freed once.
+        unsafe { pool.free_raw(pin, b) };
+        assert_eq!(DROPS.load(Ordering::SeqCst), 2);
+        // Refused: the value is dropped; alloc_with does not even build it.
+        let small = PerCpuPool::<Counted, _>::new(
+            &platform,
+            Limits {
+                total: 0,
+                per_cpu: 0,
+            },
+        )
+        .unwrap();
+        assert!(small.alloc(pin, Counted(3)).is_err());
+        assert_eq!(DROPS.load(Ordering::SeqCst), 3);
+        assert!(small.alloc_with(pin, || unreachable!("not built")).is_err());
+    });
+    pinned.unwrap();
     drop(pool);
     assert_eq!(DROPS.load(Ordering::SeqCst), 3);
 }
@@ -564,18 +609,25 @@ fn alloc_with_gives_the_slot_back_if_the_constructor_unwinds() {
         },
     );
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let pin = platform.pin();
-        let _ = pool.alloc_with(&pin, || panic!("constructor failed"));
+        platform.pinned(|pin| {
+            let _ = pool.alloc_with(pin, || panic!("constructor failed"));
+        })
     }));
     assert!(result.is_err());
-    // The only object is free again.
-    let pin = platform.pin();
-    let object = pool.alloc_with(&pin, || {
-        // The constructor may use the pool (no lock is held).
-        assert_eq!(pool.alloc(&pin, Obj::new(0)).unwrap_err(), Error::Exhausted);
-        Obj::new(3)
-    });
-    assert_eq!(object.unwrap().token(), 3);
+    // The only object is free again (and the unwound pin was exited: we can pin).
+    platform
+        .pinned(|pin| {
+            let object = pool.alloc_with(pin, || {
+                // The constructor may use the pool (no lock is held).
+                assert_eq!(pool.alloc(pin, Obj::new(0)).unwrap_err(), Error::Exhausted);
+                Obj::new(3)
+            });
+            let object = object.unwrap();
+            assert_eq!(object.token(), 3);
+            pool.free(pin, object);
+        })
+        .unwrap();
+    assert_accounted(&pool, 0);
 }
 
 #[test]
@@ -590,11 +642,11 @@ fn limits_shape_the_pool() {
             per_cpu: 1,
         },
     );
-    pool.prepare(cpu(0)).unwrap();
+    let _ = pool.prepare(cpu(0)).unwrap();
     assert_eq!(pool.magazine_size(), 0);
-    let pin = platform.pin();
-    pool.alloc(&pin, Obj::new(1)).unwrap().free(&pin);
-    drop(pin);
+    platform
+        .pinned(|pin| pool.free(pin, pool.alloc(pin, Obj::new(1)).unwrap()))
+        .unwrap();
     let stats = pool.stats();
     assert_eq!(
         (stats.direct_allocs, stats.direct_frees, stats.cached),
@@ -643,16 +695,19 @@ fn odd_types_zero_sized_and_over_aligned() {
         },
     )
     .unwrap();
-    units.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    let a: Vec<_> = (0..4).map(|_| units.alloc(&pin, ()).unwrap()).collect();
-    let addrs: HashSet<_> = a.iter().map(|b| &**b as *const () as usize).collect();
-    assert_eq!(addrs.len(), 4, "distinct slots even for ()");
-    let w: Vec<_> = (0..4).map(|i| wide.alloc(&pin, Wide(i)).unwrap()).collect();
-    for (i, object) in w.iter().enumerate() {
-        assert_eq!(&**object as *const Wide as usize % 256, 0);
-        assert_eq!(object.0, i as u8);
-    }
+    let _ = units.prepare(cpu(0)).unwrap();
+    platform
+        .pinned(|pin| {
+            let a: Vec<_> = (0..4).map(|_| units.alloc(pin, ()).unwrap()).collect();
+            let addrs: HashSet<_> = a.iter().map(|b| &**b as *const () as usize).collect();
+            assert_eq!(addrs.len(), 4, "distinct slots even for ()");
+            let w: Vec<_> = (0..4).map(|i| wide.alloc(pin, Wide(i)).unwrap()).collect();
+            for (i, object) in w.iter().enumerate() {
+                assert_eq!(&**object as *const Wide as usize % 256, 0);
+                assert_eq!(object.0, i as u8);
+            }
+        })
+        .unwrap();
 }
 
 #[test]
@@ -674,45 +729,50 @@ fn a_local_view_serves_a_pinned_batch() {
             per_cpu: 8,
         },
     );
-    pool.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    let local = pool.local(&pin);
-    assert_eq!(local.pin().processor(), cpu(0));
-    let batch: Vec<_> = (0..20).map(|i| local.alloc(Obj::new(i)).unwrap()).collect();
-    let raw = local.alloc_raw(Obj::new(99)).unwrap();
-    for (i, object) in batch.into_iter().enumerate() {
-        assert_eq!(object.token(), i as u64);
-        local.free(object);
-    }
-    // SAFETY: allocated above, freed once.
-    unsafe { local.free_raw(raw) };
-    // A box of another pool goes back to that pool.
-    let foreign = other.alloc(&pin, Obj::new(5)).unwrap();
-    local.free(foreign);
-    assert_accounted(&other, 0);
-    assert_accounted(&pool, 0);
-    let stats = pool.processor_stats(cpu(0)).unwrap();
-    assert_eq!((stats.allocs(), stats.frees()), (21, 21));
-    drop(pin);
+    let _ = pool.prepare(cpu(0)).unwrap();
+    let pinned = platform.pinned(|pin| {
+        let local = pool.local(pin);
+        assert_eq!(local.pin().processor(), cpu(0));
+        let batch: Vec<_> = (0..20).map(|i| local.alloc(Obj::new(i)).unwrap()).collect();
+        let raw = local.alloc_raw(Obj::new(99)).unwrap();
+        for (i, object) in batch.into_iter().enumerate() {
+            assert_eq!(object.token(), i as u64);
+            local.free(object);
+        }
+        // SAFETY: allocated above, freed once.
+        unsafe { local.free_raw(raw) };
+        // A box of another pool goes back to that pool.
+        let foreign = other.alloc(pin, Obj::new(5)).unwrap();
+        local.free(foreign);
+        assert_eq!(other.stats().returning, 1);
+        assert_accounted(&other, 0);
+        assert_accounted(&pool, 0);
+        let stats = pool.processor_stats(cpu(0)).unwrap();
+        assert_eq!((stats.allocs(), stats.frees()), (21, 21));
+    });
+    pinned.unwrap();
 
     // A batch on a processor without a cache goes through the depot; one whose
     // add is aborted mid-batch keeps its cache and strands what it leaves.
     std::thread::scope(|s| {
         s.spawn(|| {
             platform.bind_current_thread(cpu(2)).unwrap();
-            let pin = platform.pin();
-            let local = pool.local(&pin);
-            local.free(local.alloc(Obj::new(1)).unwrap());
-            assert_eq!(pool.stats().direct_allocs, 1);
-            pool.prepare(cpu(2)).unwrap();
-            let local = pool.local(&pin);
-            let object = local.alloc(Obj::new(2)).unwrap();
-            pool.abort(cpu(2)).unwrap();
-            local.free(object);
-            assert!(pool.stats().stranded > 0);
-            // The next operation pinned there that needs the depot hands them back.
-            pool.alloc(&pin, Obj::new(3)).unwrap().free(&pin);
-            assert_eq!(pool.stats().stranded, 0);
+            platform
+                .pinned(|pin| {
+                    let local = pool.local(pin);
+                    local.free(local.alloc(Obj::new(1)).unwrap());
+                    assert_eq!(pool.stats().direct_allocs, 1);
+                    assert_eq!(pool.prepare(cpu(2)), Ok(Prepared::New));
+                    let local = pool.local(pin);
+                    let object = local.alloc(Obj::new(2)).unwrap();
+                    pool.abort(cpu(2)).unwrap();
+                    local.free(object);
+                    assert!(pool.stats().stranded > 0);
+                    // The next operation pinned there that needs the depot hands them back.
+                    pool.free(pin, pool.alloc(pin, Obj::new(3)).unwrap());
+                    assert_eq!(pool.stats().stranded, 0);
+                })
+                .unwrap();
         });
     });
     assert_accounted(&pool, 0);
@@ -758,7 +818,12 @@ fn model_run(seed: u64, steps: usize, seen: &mut Seen) {
         let phase = &mut phases[c as usize];
         match rng.below(10) {
             0 => {
-                pool.prepare(cpu(c)).unwrap();
+                let prepared = pool.prepare(cpu(c)).unwrap();
+                let expected = match *phase {
+                    Phase::Absent | Phase::Retired => Prepared::New,
+                    Phase::Prepared | Phase::Online => Prepared::Already,
+                };
+                assert_eq!(prepared, expected, "prepare in {phase:?}");
                 if *phase != Phase::Online {
                     *phase = Phase::Prepared;
                 }
@@ -778,12 +843,16 @@ fn model_run(seed: u64, steps: usize, seen: &mut Seen) {
                 platform.bind_current_thread(cpu(c)).unwrap();
                 let mine = pool.processor_stats(cpu(c)).map_or(0, |s| s.cached);
                 let before = pool.stats();
-                let pin = platform.pin();
-                let allocated = if rng.below(2) == 0 {
-                    pool.alloc_raw(&pin, Obj::new(next_token))
-                } else {
-                    pool.local(&pin).alloc_raw(Obj::new(next_token))
-                };
+                let local = rng.below(2) == 0;
+                let allocated = platform
+                    .pinned(|pin| {
+                        if local {
+                            pool.alloc_raw(pin, Obj::new(next_token))
+                        } else {
+                            pool.local(pin).alloc_raw(Obj::new(next_token))
+                        }
+                    })
+                    .unwrap();
                 match allocated {
                     Ok(object) => {
                         assert!(
@@ -811,15 +880,19 @@ fn model_run(seed: u64, steps: usize, seen: &mut Seen) {
                 assert_eq!(unsafe { object.as_ref() }.token(), token);
                 assert!(addresses.remove(&(object.as_ptr() as usize)));
                 platform.bind_current_thread(cpu(c)).unwrap();
-                let pin = platform.pin();
-                // SAFETY: as above; freed once.
-                unsafe {
-                    if rng.below(2) == 0 {
-                        pool.free_raw(&pin, object);
-                    } else {
-                        pool.local(&pin).free_raw(object);
-                    }
-                }
+                let local = rng.below(2) == 0;
+                platform
+                    .pinned(|pin| {
+                        // SAFETY: as above; freed once.
+                        unsafe {
+                            if local {
+                                pool.free_raw(pin, object);
+                            } else {
+                                pool.local(pin).free_raw(object);
+                            }
+                        }
+                    })
+                    .unwrap();
             }
         }
         assert_accounted(&pool, out.len());
@@ -837,14 +910,16 @@ fn model_run(seed: u64, steps: usize, seen: &mut Seen) {
             assert_eq!(state, expected);
         }
     }
-    let pin = platform.pin();
-    for (object, token) in out.drain(..) {
-        // SAFETY: handed out and not freed.
-        assert_eq!(unsafe { object.as_ref() }.token(), token);
-        // SAFETY: freed once.
-        unsafe { pool.free_raw(&pin, object) };
-    }
-    drop(pin);
+    platform
+        .pinned(|pin| {
+            for (object, token) in out.drain(..) {
+                // SAFETY: handed out and not freed.
+                assert_eq!(unsafe { object.as_ref() }.token(), token);
+                // SAFETY: freed once.
+                unsafe { pool.free_raw(pin, object) };
+            }
+        })
+        .unwrap();
     assert_accounted(&pool, 0);
     let stats = pool.stats();
     seen.direct += stats.direct_allocs;
@@ -882,7 +957,7 @@ fn stress_migration_remote_frees_and_hot_add() {
     let pool = pool_on(&platform, &counting, limits);
     // Processors 0..4 are online; 4 and 5 are added and aborted while we run.
     for i in 0..4 {
-        pool.prepare(cpu(i)).unwrap();
+        let _ = pool.prepare(cpu(i)).unwrap();
         pool.commit(cpu(i)).unwrap();
     }
     let live: Mutex<HashSet<usize>> = Mutex::new(HashSet::new());
@@ -906,9 +981,8 @@ fn stress_migration_remote_frees_and_hot_add() {
                 let (pool, platform, live, handed_out) = (&pool, &platform, &live, &handed_out);
                 s.spawn(move || {
                     let mut rng = Rng(t as u64 + 1);
-                    let mut mine: Vec<PoolBox<'_, Obj, &HostPlatform, &CountingAlloc<HostAlloc>>> =
-                        Vec::new();
-                    let forget = |object: &PoolBox<'_, Obj, _, _>| {
+                    let mut mine: Vec<PoolBox<Obj>> = Vec::new();
+                    let forget = |object: &PoolBox<Obj>| {
                         object.token();
                         assert!(live
                             .lock()
@@ -920,31 +994,35 @@ fn stress_migration_remote_frees_and_hot_add() {
                         platform
                             .bind_current_thread(cpu(rng.below(CPUS as usize) as u32))
                             .unwrap();
-                        let pin = platform.pin();
-                        for _ in 0..rng.below(6) {
-                            let token = ((t as u64) << 32) | round as u64;
-                            if let Ok(object) = pool.alloc(&pin, Obj::new(token)) {
-                                let fresh =
-                                    live.lock().unwrap().insert(&*object as *const Obj as usize);
-                                assert!(fresh, "handed out twice");
-                                handed_out.fetch_add(1, Ordering::Relaxed);
-                                mine.push(object);
+                        let batch = |pin: &perproc::PinGuard<'_, HostPlatform>| {
+                            for _ in 0..rng.below(6) {
+                                let token = ((t as u64) << 32) | round as u64;
+                                if let Ok(object) = pool.alloc(pin, Obj::new(token)) {
+                                    let fresh = live
+                                        .lock()
+                                        .unwrap()
+                                        .insert(&*object as *const Obj as usize);
+                                    assert!(fresh, "handed out twice");
+                                    handed_out.fetch_add(1, Ordering::Relaxed);
+                                    mine.push(object);
+                                }
                             }
-                        }
-                        // Remote frees: objects another thread allocated elsewhere.
-                        while let Ok(object) = receiver.try_recv() {
-                            forget(&object);
-                            object.free(&pin);
-                        }
-                        while mine.len() > 3 {
-                            let object = mine.swap_remove(rng.below(mine.len()));
-                            if rng.below(2) == 0 {
-                                next.send(object).unwrap();
-                            } else {
+                            // Remote frees: objects another thread allocated elsewhere.
+                            while let Ok(object) = receiver.try_recv() {
                                 forget(&object);
-                                object.free(&pin);
+                                pool.free(pin, object);
                             }
-                        }
+                            while mine.len() > 3 {
+                                let object = mine.swap_remove(rng.below(mine.len()));
+                                if rng.below(2) == 0 {
+                                    next.send(object).unwrap();
+                                } else {
+                                    forget(&object);
+                                    pool.free(pin, object);
+                                }
+                            }
+                        };
+                        platform.pinned(batch).unwrap();
                     }
                     for object in mine {
                         forget(&object);
@@ -979,7 +1057,7 @@ fn scenario(
 ) -> Result<(), Error> {
     #[repr(align(512))]
     struct Big(#[allow(dead_code)] u64); // 8 per slab: several growths
-    let pool = PerCpuPool::<Big, _, _>::with_allocator(
+    let pool = PerCpuPool::<Big, _, _>::new_in(
         platform,
         alloc,
         Limits {
@@ -987,43 +1065,44 @@ fn scenario(
             per_cpu: 4,
         },
     )?;
-    let set = Components::new([&pool]);
-    set.start(cpu(0))?;
-    set.complete(cpu(0))?;
-    set.start(cpu(1))?;
-    let result = (|| {
+    let set = (&pool,);
+    let _ = set.prepare(cpu(0))?;
+    set.commit(cpu(0))?;
+    let _ = set.prepare(cpu(1))?;
+    let result = (|| -> Result<(), Error> {
         let mut held = Vec::new();
         platform.bind_current_thread(cpu(0)).unwrap();
-        let pin = platform.pin();
-        for i in 0..20 {
-            held.push(pool.alloc(&pin, Big(i))?);
-        }
-        drop(pin);
+        platform.pinned(|pin| -> Result<(), Error> {
+            for i in 0..20 {
+                held.push(pool.alloc(pin, Big(i))?);
+            }
+            Ok(())
+        })??;
         // Frees on processor 1 overflow its magazines: new empty magazines come
         // from the allocator (or the objects go back loose if it refuses).
         platform.bind_current_thread(cpu(1)).unwrap();
-        let pin = platform.pin();
-        for object in held.drain(..) {
-            object.free(&pin);
-        }
-        drop(pin);
+        platform.pinned(|pin| {
+            for object in held.drain(..) {
+                pool.free(pin, object);
+            }
+        })?;
         // Processor 1's add fails after it cached objects; it hands them back.
-        set.fail(cpu(1))?;
-        let pin = platform.pin();
-        held.push(pool.alloc(&pin, Big(1))?);
-        drop(pin);
+        set.abort(cpu(1))?;
+        held.push(platform.pinned(|pin| pool.alloc(pin, Big(1)))??);
         // A processor without a cache.
         platform.bind_current_thread(cpu(3)).unwrap();
-        held.push(pool.alloc(&platform.pin(), Big(2))?);
+        held.push(platform.pinned(|pin| pool.alloc(pin, Big(2)))??);
         // Hot-add of processor 2, which then works from its own cache.
-        set.start(cpu(2))?;
-        set.complete(cpu(2))?;
+        let _ = set.prepare(cpu(2))?;
+        set.commit(cpu(2))?;
         platform.bind_current_thread(cpu(2)).unwrap();
-        let pin = platform.pin();
-        for i in 0..6 {
-            held.push(pool.alloc(&pin, Big(i))?);
-        }
-        drop(pin);
+        platform.pinned(|pin| -> Result<(), Error> {
+            for i in 0..6 {
+                held.push(pool.alloc(pin, Big(i))?);
+            }
+            Ok(())
+        })??;
+        // What is still held is dropped, unpinned: it goes home.
         Ok(())
     })();
     platform.bind_current_thread(cpu(0)).unwrap();
@@ -1085,10 +1164,16 @@ fn slabs_are_placed_for_the_processor_that_grew_the_pool() {
     std::thread::scope(|s| {
         s.spawn(|| {
             platform.bind_current_thread(cpu(3)).unwrap();
-            drop(pool.alloc(&platform.pin(), Obj::new(0)).unwrap());
+            platform
+                .pinned(|pin| pool.free(pin, pool.alloc(pin, Obj::new(0)).unwrap()))
+                .unwrap();
         });
     });
     let placed = recording.0.lock().unwrap().clone();
     assert_eq!(placed.get(&Some(cpu(3))), Some(&1), "{placed:?}");
-    assert_eq!(placed.get(&None), Some(&1), "only the table is unplaced");
+    assert_eq!(
+        placed.get(&None),
+        Some(&2),
+        "only the table and the home are unplaced"
+    );
 }

@@ -1,23 +1,24 @@
-//! The hot-add protocol through `Components`: every sequence of the spec, each
-//! undocumented reading, and fault injection at every allocation.
+//! The hot-add protocol through component sets (arrays and tuples): every
+//! sequence of the spec, each undocumented reading, and fault injection at
+//! every allocation.
 
 mod common;
 
 use common::{cpu, replay_existing, Built};
-use perproc::host::HostAlloc;
+use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
 use perproc::{
-    ChangeState, Component, Components, Error, InitFn, PerCpu, ProcessorChange, ProcessorIndex,
-    ProcessorNumber, SlotPadding, SlotState,
+    ChangeState, Component, Error, InitFn, PerCpu, Prepared, ProcessorChange, ProcessorIndex,
+    ProcessorNumber, SlotState,
 };
 
 type Alloc = FailingAlloc<CountingAlloc<HostAlloc>>;
 
-type Table<'a> = PerCpu<Built, &'a Alloc>;
+type Table<'a> = PerCpu<Built, HostPlatform, &'a Alloc>;
 
-fn table<'a>(alloc: &'a Alloc, capacity: usize) -> Result<Table<'a>, Error> {
+fn table(alloc: &Alloc, capacity: u32) -> Result<Table<'_>, Error> {
     let init: InitFn<Built> = |i| Ok(Built::new(i));
-    PerCpu::with_capacity_in(capacity, alloc, SlotPadding::CacheLine, init)
+    PerCpu::new_in(&HostPlatform::new(capacity)?, alloc, init)
 }
 
 /// A driver's three per-CPU structures, as one set.
@@ -26,7 +27,7 @@ struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    fn new(alloc: &'a Alloc, capacity: usize) -> Result<Self, Error> {
+    fn new(alloc: &'a Alloc, capacity: u32) -> Result<Self, Error> {
         Ok(Self {
             parts: [
                 table(alloc, capacity)?,
@@ -36,8 +37,9 @@ impl<'a> Driver<'a> {
         })
     }
 
-    fn set(&self) -> Components<'_, 3> {
-        Components::new([&self.parts[0], &self.parts[1], &self.parts[2]])
+    /// An array of components is the set.
+    fn set(&self) -> &[Table<'a>; 3] {
+        &self.parts
     }
 
     fn states(&self, i: u32) -> [SlotState; 3] {
@@ -62,7 +64,7 @@ fn replay_of_existing_processors_then_hot_add() {
     let counting = alloc.inner();
     let driver = Driver::new(alloc, 16).unwrap();
     let set = driver.set();
-    replay_existing(&set, 4).unwrap();
+    replay_existing(set, 4).unwrap();
     for i in 0..4 {
         assert_eq!(driver.states(i), [SlotState::Online; 3]);
     }
@@ -95,19 +97,19 @@ fn our_start_fails_rolls_back_and_reports_one_status() {
     let driver = Driver::new(alloc, 8).unwrap();
     let set = driver.set();
     alloc.plan(FailPlan::Once(1)); // the second component's slot
-    assert_eq!(set.start(cpu(3)), Err(Error::OutOfMemory));
+    assert_eq!(set.prepare(cpu(3)), Err(Error::OutOfMemory));
     assert_eq!(driver.visible(3), 0);
     assert_eq!(
         driver.states(3),
         [SlotState::Retired, SlotState::Absent, SlotState::Absent]
     );
     // Reading 1: the kernel sends us AddFailure as well. Harmless.
-    set.fail(cpu(3)).unwrap();
+    set.abort(cpu(3)).unwrap();
     // Reading 2: it does not. Either way, a later add of that processor works,
     // reusing the kept slot of the first component.
     alloc.plan(FailPlan::Never);
-    set.start(cpu(3)).unwrap();
-    set.complete(cpu(3)).unwrap();
+    assert_eq!(set.prepare(cpu(3)), Ok(Prepared::New));
+    set.commit(cpu(3)).unwrap();
     assert_eq!(driver.states(3), [SlotState::Online; 3]);
 }
 
@@ -118,7 +120,7 @@ fn another_drivers_veto_under_each_reading() {
     let set = driver.set();
 
     // Our Start succeeds; another callback vetoes; Failure reaches us.
-    set.start(cpu(1)).unwrap();
+    assert_eq!(set.prepare(cpu(1)), Ok(Prepared::New));
     set.handle(&ProcessorChange {
         state: ChangeState::AddFailure {
             status: -1073741670,
@@ -133,20 +135,20 @@ fn another_drivers_veto_under_each_reading() {
     // Our Start succeeds; Failure never reaches us (a reading where only some
     // callbacks are told): the processor stays prepared, which is safe, and a
     // later Start/Complete of it completes the add.
-    set.start(cpu(2)).unwrap();
+    assert_eq!(set.prepare(cpu(2)), Ok(Prepared::New));
     assert_eq!(driver.states(2), [SlotState::Prepared; 3]);
-    set.start(cpu(2)).unwrap();
-    set.complete(cpu(2)).unwrap();
+    assert_eq!(set.prepare(cpu(2)), Ok(Prepared::Already));
+    set.commit(cpu(2)).unwrap();
     assert_eq!(driver.states(2), [SlotState::Online; 3]);
 
     // Failure for a processor that never got Start (we registered after it).
-    set.fail(cpu(5)).unwrap();
+    set.abort(cpu(5)).unwrap();
     assert_eq!(driver.states(5), [SlotState::Absent; 3]);
 
     // Failure delivered twice.
-    set.start(cpu(6)).unwrap();
-    set.fail(cpu(6)).unwrap();
-    set.fail(cpu(6)).unwrap();
+    let _ = set.prepare(cpu(6)).unwrap();
+    set.abort(cpu(6)).unwrap();
+    set.abort(cpu(6)).unwrap();
     assert_eq!(driver.states(6), [SlotState::Retired; 3]);
 }
 
@@ -155,24 +157,28 @@ fn out_of_order_and_bogus_events_change_nothing() {
     let alloc = &new_alloc();
     let driver = Driver::new(alloc, 8).unwrap();
     let set = driver.set();
-    assert_eq!(set.complete(cpu(1)), Err(Error::NotPrepared));
+    assert_eq!(set.commit(cpu(1)), Err(Error::NotPrepared));
     assert_eq!(driver.states(1), [SlotState::Absent; 3]);
-    set.start(cpu(1)).unwrap();
-    set.complete(cpu(1)).unwrap();
-    assert_eq!(set.fail(cpu(1)), Err(Error::AlreadyOnline));
+    let _ = set.prepare(cpu(1)).unwrap();
+    set.commit(cpu(1)).unwrap();
+    assert_eq!(set.abort(cpu(1)), Err(Error::AlreadyOnline));
     assert_eq!(driver.states(1), [SlotState::Online; 3]);
-    set.start(cpu(1)).unwrap(); // duplicate Start after Complete: no-op
+    // duplicate Start after Complete: no-op
+    assert_eq!(set.prepare(cpu(1)), Ok(Prepared::Already));
     assert_eq!(driver.states(1), [SlotState::Online; 3]);
     let past = ProcessorIndex::new(8).unwrap();
     assert!(matches!(
-        set.start(past),
+        set.prepare(past),
         Err(Error::IndexOutOfRange { .. })
     ));
     assert!(matches!(
-        set.complete(past),
+        set.commit(past),
         Err(Error::IndexOutOfRange { .. })
     ));
-    assert!(matches!(set.fail(past), Err(Error::IndexOutOfRange { .. })));
+    assert!(matches!(
+        set.abort(past),
+        Err(Error::IndexOutOfRange { .. })
+    ));
 }
 
 #[test]
@@ -180,14 +186,13 @@ fn sets_nest() {
     let alloc = &new_alloc();
     let a = Driver::new(alloc, 4).unwrap();
     let b = Driver::new(alloc, 4).unwrap();
-    let (sa, sb) = (a.set(), b.set());
-    let outer = Components::new([&sa as &dyn Component, &sb]);
+    let outer = (a.set(), b.set());
     alloc.plan(FailPlan::Once(4)); // b's second component
-    assert_eq!(outer.start(cpu(0)), Err(Error::OutOfMemory));
+    assert_eq!(outer.prepare(cpu(0)), Err(Error::OutOfMemory));
     assert_eq!(a.visible(0) + b.visible(0), 0);
     alloc.plan(FailPlan::Never);
-    outer.start(cpu(0)).unwrap();
-    outer.complete(cpu(0)).unwrap();
+    assert_eq!(outer.prepare(cpu(0)), Ok(Prepared::New));
+    outer.commit(cpu(0)).unwrap();
     assert_eq!(a.states(0), [SlotState::Online; 3]);
     assert_eq!(b.states(0), [SlotState::Online; 3]);
 }
@@ -236,7 +241,7 @@ fn fault_sweep_one_processors_prepare_across_components() {
         let set = driver.set();
         let base = counting.live_bytes();
         alloc.plan(FailPlan::Once(k));
-        let result = set.start(cpu(9));
+        let result = set.prepare(cpu(9));
         let injected = alloc.injected() > 0;
         if injected {
             assert_eq!(result, Err(Error::OutOfMemory));
@@ -260,17 +265,17 @@ fn fault_sweep_one_processors_prepare_across_components() {
                 counting.live_bytes(),
                 base + k * driver.parts[0].slot_size()
             );
-            set.fail(cpu(9)).unwrap();
+            set.abort(cpu(9)).unwrap();
             // The next add builds only what is missing.
-            set.start(cpu(9)).unwrap();
+            assert_eq!(set.prepare(cpu(9)), Ok(Prepared::New));
             assert_eq!(
                 counting.live_bytes(),
                 base + 3 * driver.parts[0].slot_size()
             );
         } else {
-            result.unwrap();
+            assert_eq!(result, Ok(Prepared::New));
         }
-        set.complete(cpu(9)).unwrap();
+        set.commit(cpu(9)).unwrap();
         assert_eq!(driver.states(9), [SlotState::Online; 3]);
         injected
     });
@@ -284,7 +289,7 @@ fn fault_sweep_add_existing_replay() {
         let driver = Driver::new(alloc, 64).unwrap();
         let set = driver.set();
         alloc.plan(FailPlan::Once(k));
-        let result = replay_existing(&set, N);
+        let result = replay_existing(set, N);
         let injected = alloc.injected() > 0;
         if injected {
             // Allocation k is component k % 3 of processor k / 3.
@@ -331,11 +336,10 @@ fn concurrent_prepares_of_different_processors() {
         let set = driver.set();
         std::thread::scope(|s| {
             for w in 0..4 {
-                let set = &set;
                 s.spawn(move || {
                     for i in (w..n).step_by(4) {
-                        set.start(cpu(i)).unwrap();
-                        set.complete(cpu(i)).unwrap();
+                        assert_eq!(set.prepare(cpu(i)), Ok(Prepared::New));
+                        set.commit(cpu(i)).unwrap();
                     }
                 });
             }

@@ -2,14 +2,18 @@
 
 mod common;
 
+use std::alloc::Layout;
+use std::cell::RefCell;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::cpu;
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
 use perproc::{
-    Component, Components, CounterId, Error, PerCpuCounters, PerCpuQueue, Platform, SlotState,
+    AllocError, Component, Error, Limits, PerCpuCounters, PerCpuPool, PerCpuQueue, PinGuard,
+    Platform, PoolBox, Prepared, ProcessorIndex, RawAlloc, SlotState,
 };
 
 /// Runs `f` on a thread bound to processor `i`.
@@ -22,6 +26,15 @@ fn on<R: Send>(platform: &HostPlatform, i: u32, f: impl FnOnce() -> R + Send) ->
         .join()
         .unwrap()
     })
+}
+
+/// Runs `f` pinned on a thread bound to processor `i`.
+fn pinned_on<R: Send>(
+    platform: &HostPlatform,
+    i: u32,
+    f: impl FnOnce(&PinGuard<'_, HostPlatform>) -> R + Send,
+) -> R {
+    on(platform, i, || platform.pinned(f).unwrap())
 }
 
 /// An item that counts its live instances, so a test sees a loss (a leak) or a
@@ -52,11 +65,11 @@ impl Drop for Tracked {
 fn pushes_on_the_pinned_processor_and_pops_in_order() {
     let platform = HostPlatform::new(4).unwrap();
     let q = PerCpuQueue::new(&platform, 8).unwrap();
-    q.prepare(cpu(2)).unwrap();
-    on(&platform, 2, || {
-        let pin = platform.pin();
+    assert_eq!(q.prepare(cpu(2)), Ok(Prepared::New));
+    assert_eq!(q.prepare(cpu(2)), Ok(Prepared::Already));
+    pinned_on(&platform, 2, |pin| {
         for i in 0..5 {
-            q.push(&pin, i).unwrap();
+            q.push(pin, i).unwrap();
         }
     });
     assert_eq!(q.len(cpu(2)), 5);
@@ -74,68 +87,64 @@ fn a_full_queue_hands_the_item_back_at_exactly_its_capacity() {
     let platform = HostPlatform::new(2).unwrap();
     // 5 is not a power of two: the bound is still exactly 5.
     let q = PerCpuQueue::new(&platform, 5).unwrap();
-    q.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    for i in 0..5 {
-        q.push(&pin, i).unwrap();
-    }
-    for attempt in 0..3 {
-        let refused = q.push(&pin, 100 + attempt).unwrap_err();
-        assert_eq!(refused.error, Error::Exhausted);
-        assert_eq!(refused.into_inner(), 100 + attempt, "the item comes back");
-    }
-    assert_eq!(q.pop(pin_index(&pin)), Some(0));
-    q.push(&pin, 5).unwrap();
-    assert_eq!(q.push(&pin, 6).unwrap_err().error, Error::Exhausted);
-    assert_eq!(
-        q.drain(pin_index(&pin)).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5]
-    );
-}
-
-fn pin_index(pin: &impl perproc::PinGuard) -> perproc::ProcessorIndex {
-    pin.processor()
+    let _ = q.prepare(cpu(0)).unwrap();
+    pinned_on(&platform, 0, |pin| {
+        for i in 0..5 {
+            q.push(pin, i).unwrap();
+        }
+        for attempt in 0..3 {
+            let refused = q.push(pin, 100 + attempt).unwrap_err();
+            assert_eq!(refused.error, Error::Exhausted);
+            assert_eq!(refused.into_inner(), 100 + attempt, "the item comes back");
+        }
+        assert_eq!(q.pop(pin.processor()), Some(0));
+        q.push(pin, 5).unwrap();
+        assert_eq!(q.push(pin, 6).unwrap_err().error, Error::Exhausted);
+        assert_eq!(
+            q.drain(pin.processor()).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+    });
 }
 
 #[test]
 fn fifo_holds_across_wraparound() {
     let platform = HostPlatform::new(1).unwrap();
     let q = PerCpuQueue::new(&platform, 3).unwrap();
-    q.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    let (mut pushed, mut popped) = (0u32, 0u32);
-    for round in 0..500u32 {
-        for _ in 0..(round % 4) {
-            match q.push(&pin, pushed) {
-                Ok(()) => pushed += 1,
-                Err(e) => assert_eq!(e.error, Error::Exhausted),
+    let _ = q.prepare(cpu(0)).unwrap();
+    pinned_on(&platform, 0, |pin| {
+        let (mut pushed, mut popped) = (0u32, 0u32);
+        for round in 0..500u32 {
+            for _ in 0..(round % 4) {
+                match q.push(pin, pushed) {
+                    Ok(()) => pushed += 1,
+                    Err(e) => assert_eq!(e.error, Error::Exhausted),
+                }
             }
-        }
-        for _ in 0..(round % 3) {
-            if let Some(v) = q.pop(cpu(0)) {
-                assert_eq!(v, popped);
-                popped += 1;
+            for _ in 0..(round % 3) {
+                if let Some(v) = q.pop(cpu(0)) {
+                    assert_eq!(v, popped);
+                    popped += 1;
+                }
             }
+            assert_eq!(q.len(cpu(0)) as u32, pushed - popped);
         }
-        assert_eq!(q.len(cpu(0)) as u32, pushed - popped);
-    }
+    });
 }
 
 #[test]
 fn a_processor_without_a_queue_gets_not_prepared_and_its_item_back() {
     let platform = HostPlatform::new(4).unwrap();
     let q = PerCpuQueue::new(&platform, 4).unwrap();
-    on(&platform, 3, || {
-        let pin = platform.pin();
-        let refused = q.push(&pin, "io").unwrap_err();
+    pinned_on(&platform, 3, |pin| {
+        let refused = q.push(pin, "io").unwrap_err();
         assert_eq!(refused.error, Error::NotPrepared);
         assert_eq!(refused.item, "io");
     });
-    q.prepare(cpu(3)).unwrap();
-    drop(q.abort(cpu(3)).unwrap());
-    on(&platform, 3, || {
-        let pin = platform.pin();
-        let refused = q.push(&pin, "late").unwrap_err();
+    let _ = q.prepare(cpu(3)).unwrap();
+    assert_eq!(q.abort(cpu(3)).unwrap().count(), 0);
+    pinned_on(&platform, 3, |pin| {
+        let refused = q.push(pin, "late").unwrap_err();
         assert_eq!(refused.error, Error::NotPrepared, "aborted: no queue");
         assert_eq!(refused.item, "late");
     });
@@ -143,14 +152,28 @@ fn a_processor_without_a_queue_gets_not_prepared_and_its_item_back() {
 }
 
 #[test]
+fn a_pin_of_another_machine_gets_not_prepared() {
+    // Host platforms share one machine; the queue checks through
+    // `shares_processors`, which a platform of another machine would fail.
+    let platform = HostPlatform::new(4).unwrap();
+    let other = HostPlatform::new(2).unwrap();
+    let q = PerCpuQueue::new(&platform, 4).unwrap();
+    let _ = q.prepare(cpu(1)).unwrap();
+    on(&platform, 1, || {
+        other.pinned(|pin| q.push(pin, 1).unwrap()).unwrap();
+    });
+    assert_eq!(q.pop(cpu(1)), Some(1), "same machine: the same processor");
+}
+
+#[test]
 fn the_queue_exists_from_start_before_complete() {
     let platform = HostPlatform::new(4).unwrap();
     let q = PerCpuQueue::new(&platform, 4).unwrap();
-    let driver = Components::new([&q]);
-    driver.start(cpu(1)).unwrap();
+    let driver = (&q,);
+    assert_eq!(driver.prepare(cpu(1)), Ok(Prepared::New));
     assert_eq!(q.state(cpu(1)), SlotState::Prepared);
-    on(&platform, 1, || q.push(&platform.pin(), 7).unwrap());
-    driver.complete(cpu(1)).unwrap();
+    pinned_on(&platform, 1, |pin| q.push(pin, 7).unwrap());
+    driver.commit(cpu(1)).unwrap();
     assert_eq!(q.state(cpu(1)), SlotState::Online);
     assert_eq!(
         q.pop(cpu(1)),
@@ -164,11 +187,10 @@ fn drain_takes_one_processor_and_drain_all_takes_every_one() {
     let platform = HostPlatform::new(8).unwrap();
     let q = PerCpuQueue::new(&platform, 16).unwrap();
     for i in [1, 4, 6] {
-        q.prepare(cpu(i)).unwrap();
-        on(&platform, i, || {
-            let pin = platform.pin();
+        let _ = q.prepare(cpu(i)).unwrap();
+        pinned_on(&platform, i, |pin| {
             for n in 0..3 {
-                q.push(&pin, i * 10 + n).unwrap();
+                q.push(pin, i * 10 + n).unwrap();
             }
         });
     }
@@ -186,30 +208,32 @@ fn drain_takes_one_processor_and_drain_all_takes_every_one() {
 fn a_drain_takes_only_what_was_queued_when_it_started() {
     let platform = HostPlatform::new(1).unwrap();
     let q = PerCpuQueue::new(&platform, 8).unwrap();
-    q.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    q.push(&pin, 1).unwrap();
-    q.push(&pin, 2).unwrap();
-    let mut drain = q.drain(cpu(0));
-    assert_eq!(drain.size_hint(), (2, Some(2)));
-    assert_eq!(drain.next(), Some(1));
-    // The owner keeps producing while a consumer drains: no lock on its side.
-    q.push(&pin, 3).unwrap();
-    assert_eq!(drain.next(), Some(2));
-    assert_eq!(drain.next(), None);
-    drop(drain);
-    assert_eq!(q.pop(cpu(0)), Some(3));
+    let _ = q.prepare(cpu(0)).unwrap();
+    pinned_on(&platform, 0, |pin| {
+        q.push(pin, 1).unwrap();
+        q.push(pin, 2).unwrap();
+        let mut drain = q.drain(cpu(0));
+        assert_eq!(drain.size_hint(), (2, Some(2)));
+        assert_eq!(drain.next(), Some(1));
+        // The owner keeps producing while a consumer drains: no lock on its side.
+        q.push(pin, 3).unwrap();
+        assert_eq!(drain.next(), Some(2));
+        assert_eq!(drain.next(), None);
+        drop(drain);
+        assert_eq!(q.pop(cpu(0)), Some(3));
+    });
 }
 
 #[test]
 fn a_second_consumer_finds_a_claimed_queue_empty_and_the_first_takes_everything() {
     let platform = HostPlatform::new(2).unwrap();
     let q = PerCpuQueue::new(&platform, 8).unwrap();
-    q.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    for i in 0..4 {
-        q.push(&pin, i).unwrap();
-    }
+    let _ = q.prepare(cpu(0)).unwrap();
+    pinned_on(&platform, 0, |pin| {
+        for i in 0..4 {
+            q.push(pin, i).unwrap();
+        }
+    });
     let mut first = q.drain(cpu(0));
     assert_eq!(first.next(), Some(0));
     assert_eq!(
@@ -227,11 +251,10 @@ fn a_second_consumer_finds_a_claimed_queue_empty_and_the_first_takes_everything(
 fn abort_drains_the_queue_back_and_keeps_stragglers_for_drain_all() {
     let platform = HostPlatform::new(4).unwrap();
     let q = PerCpuQueue::new(&platform, 8).unwrap();
-    q.prepare(cpu(2)).unwrap();
-    on(&platform, 2, || {
-        let pin = platform.pin();
+    let _ = q.prepare(cpu(2)).unwrap();
+    pinned_on(&platform, 2, |pin| {
         for i in 0..4 {
-            q.push(&pin, i).unwrap();
+            q.push(pin, i).unwrap();
         }
     });
     let mut back = q.abort(cpu(2)).unwrap();
@@ -257,17 +280,17 @@ fn abort_drains_the_queue_back_and_keeps_stragglers_for_drain_all() {
 #[test]
 fn a_new_add_revives_an_aborted_queue_with_its_items_without_allocating() {
     let counting = CountingAlloc::new(HostAlloc);
-    let q = PerCpuQueue::with_capacity_in(4, 4, &counting).unwrap();
     let platform = HostPlatform::new(4).unwrap();
-    q.prepare(cpu(1)).unwrap();
-    on(&platform, 1, || q.push(&platform.pin(), 'a').unwrap());
+    let q = PerCpuQueue::new_in(&platform, &counting, 4).unwrap();
+    let _ = q.prepare(cpu(1)).unwrap();
+    pinned_on(&platform, 1, |pin| q.push(pin, 'a').unwrap());
     let component: &dyn Component = &q;
     component.abort(cpu(1)).unwrap(); // through a component set: items stay
     assert_eq!(q.len(cpu(1)), 1);
     let allocations = counting.allocations();
-    q.prepare(cpu(1)).unwrap();
+    assert_eq!(q.prepare(cpu(1)), Ok(Prepared::New));
     assert_eq!(counting.allocations(), allocations, "revived as it was");
-    on(&platform, 1, || q.push(&platform.pin(), 'b').unwrap());
+    pinned_on(&platform, 1, |pin| q.push(pin, 'b').unwrap());
     q.commit(cpu(1)).unwrap();
     assert_eq!(q.drain(cpu(1)).collect::<String>(), "ab");
     assert_eq!(q.abort(cpu(1)).unwrap_err(), Error::AlreadyOnline);
@@ -276,10 +299,10 @@ fn a_new_add_revives_an_aborted_queue_with_its_items_without_allocating() {
 #[test]
 fn storage_is_placed_for_its_processor_and_the_fast_path_allocates_nothing() {
     let counting = CountingAlloc::new(HostAlloc);
-    let q = PerCpuQueue::with_capacity_in(4, 100, &counting).unwrap();
     let platform = HostPlatform::new(4).unwrap();
+    let q = PerCpuQueue::new_in(&platform, &counting, 100).unwrap();
     let (placed, blocks) = (counting.placed_allocations(), counting.live_blocks());
-    q.prepare(cpu(3)).unwrap();
+    let _ = q.prepare(cpu(3)).unwrap();
     assert_eq!(
         counting.placed_allocations(),
         placed + 2,
@@ -290,14 +313,13 @@ fn storage_is_placed_for_its_processor_and_the_fast_path_allocates_nothing() {
         counting.live_bytes() >= 128 * std::mem::size_of::<u64>(),
         "capacity 100 rounds up to 128 cells"
     );
-    q.prepare(cpu(3)).unwrap();
+    let _ = q.prepare(cpu(3)).unwrap();
     assert_eq!(counting.live_blocks(), blocks + 2, "prepare is idempotent");
     let allocations = counting.allocations();
-    on(&platform, 3, || {
-        let pin = platform.pin();
+    pinned_on(&platform, 3, |pin| {
         for round in 0..50u64 {
             for i in 0..100 {
-                q.push(&pin, round * 100 + i).unwrap();
+                q.push(pin, round * 100 + i).unwrap();
             }
             assert_eq!(q.drain(cpu(3)).count(), 100);
         }
@@ -317,22 +339,20 @@ fn items_are_moved_and_every_one_is_dropped_exactly_once() {
     let counting = CountingAlloc::new(HostAlloc);
     let platform = HostPlatform::new(4).unwrap();
     {
-        let q = PerCpuQueue::with_capacity_in(4, 4, &counting).unwrap();
+        let q = PerCpuQueue::new_in(&platform, &counting, 4).unwrap();
         for i in 0..3 {
-            q.prepare(cpu(i)).unwrap();
+            let _ = q.prepare(cpu(i)).unwrap();
         }
-        on(&platform, 0, || {
-            let pin = platform.pin();
+        pinned_on(&platform, 0, |pin| {
             for id in 0..4 {
-                q.push(&pin, Tracked::new(id, &live)).unwrap();
+                q.push(pin, Tracked::new(id, &live)).unwrap();
             }
-            let refused = q.push(&pin, Tracked::new(99, &live)).unwrap_err();
+            let refused = q.push(pin, Tracked::new(99, &live)).unwrap_err();
             assert_eq!(refused.item.id, 99);
         });
-        on(&platform, 1, || {
-            let pin = platform.pin();
-            q.push(&pin, Tracked::new(10, &live)).unwrap();
-            q.push(&pin, Tracked::new(11, &live)).unwrap();
+        pinned_on(&platform, 1, |pin| {
+            q.push(pin, Tracked::new(10, &live)).unwrap();
+            q.push(pin, Tracked::new(11, &live)).unwrap();
         });
         assert_eq!(
             live.load(Ordering::SeqCst),
@@ -348,7 +368,7 @@ fn items_are_moved_and_every_one_is_dropped_exactly_once() {
         assert_eq!(leaked.next().unwrap().id, 10);
         std::mem::forget(leaked);
         assert!(q.pop(cpu(1)).is_none());
-        drop(q.abort(cpu(2)).unwrap());
+        assert_eq!(q.abort(cpu(2)).unwrap().count(), 0);
         assert_eq!(live.load(Ordering::SeqCst), 4);
     }
     assert_eq!(
@@ -360,16 +380,125 @@ fn items_are_moved_and_every_one_is_dropped_exactly_once() {
 }
 
 #[test]
+fn teardown_hands_back_every_item_retired_and_leaked_claims_included() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let counting = CountingAlloc::new(HostAlloc);
+    let platform = HostPlatform::new(4).unwrap();
+    let q = PerCpuQueue::new_in(&platform, &counting, 4).unwrap();
+    for i in [0, 2, 3] {
+        let _ = q.prepare(cpu(i)).unwrap();
+        pinned_on(&platform, i, |pin| {
+            for n in 0..3 {
+                q.push(pin, Tracked::new(u64::from(i) * 10 + n, &live))
+                    .unwrap();
+            }
+        });
+    }
+    q.commit(cpu(0)).unwrap();
+    // Processor 2's add is rolled back through its component: items stay.
+    Component::abort(&q, cpu(2)).unwrap();
+    // Processor 3's queue is under a leaked drain that took one item.
+    let mut leaked = q.drain(cpu(3));
+    assert_eq!(leaked.next().unwrap().id, 30);
+    std::mem::forget(leaked);
+    assert_eq!(live.load(Ordering::SeqCst), 8);
+
+    let left = q.teardown();
+    assert_eq!(left.len(), 8);
+    let ids: Vec<(u32, u64)> = left.map(|(i, item)| (i.get(), item.id)).collect();
+    assert_eq!(
+        ids,
+        [
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (2, 20),
+            (2, 21),
+            (2, 22),
+            (3, 31),
+            (3, 32)
+        ],
+        "every processor in index order, each oldest first"
+    );
+    assert_eq!(live.load(Ordering::SeqCst), 0, "each handed back once");
+    assert_eq!(counting.live_blocks(), 0, "the queues were freed");
+}
+
+#[test]
+fn leftovers_not_taken_are_dropped_once_with_them() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let counting = CountingAlloc::new(HostAlloc);
+    let platform = HostPlatform::new(2).unwrap();
+    let q = PerCpuQueue::new_in(&platform, &counting, 4).unwrap();
+    let _ = q.prepare(cpu(1)).unwrap();
+    pinned_on(&platform, 1, |pin| {
+        for id in 0..4 {
+            q.push(pin, Tracked::new(id, &live)).unwrap();
+        }
+    });
+    let mut left = q.teardown();
+    assert_eq!(left.next().map(|(i, t)| (i, t.id)), Some((cpu(1), 0)));
+    assert_eq!(left.size_hint(), (3, Some(3)));
+    assert_eq!(live.load(Ordering::SeqCst), 3);
+    drop(left);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+    assert_eq!(counting.live_blocks(), 0);
+    // An empty queue tears down to nothing.
+    let empty = PerCpuQueue::<u8, _>::new(&platform, 2).unwrap();
+    let _ = empty.prepare(cpu(0)).unwrap();
+    assert!(empty.teardown().is_empty());
+}
+
+#[test]
+fn dropped_pool_boxes_go_back_to_their_pool_without_a_leak() {
+    let platform = HostPlatform::new(2).unwrap();
+    let pool = PerCpuPool::new(
+        &platform,
+        Limits {
+            total: 64,
+            per_cpu: 8,
+        },
+    )
+    .unwrap();
+    let q = PerCpuQueue::<PoolBox<u64>, _>::new(&platform, 8).unwrap();
+    for i in 0..2 {
+        let _ = pool.prepare(cpu(i)).unwrap();
+        let _ = q.prepare(cpu(i)).unwrap();
+    }
+    pinned_on(&platform, 1, |pin| {
+        for n in 0..5 {
+            let request = pool.alloc(pin, n).unwrap();
+            q.push(pin, request).unwrap();
+        }
+    });
+    assert_eq!(pool.stats().outstanding, 5);
+    // Teardown hands the boxes back: the driver frees them.
+    let mut left = q.teardown();
+    let (index, first) = left.next().unwrap();
+    assert_eq!((index, *first), (cpu(1), 0));
+    pinned_on(&platform, 0, |pin| pool.free(pin, first));
+    assert_eq!(pool.stats().outstanding, 4);
+    // The rest are dropped with the leftovers: each goes home to its pool.
+    drop(left);
+    let stats = pool.stats();
+    assert_eq!((stats.outstanding, stats.returning), (0, 4));
+    assert_eq!(pool.teardown(), 0, "nothing is still handed out");
+}
+
+#[test]
 fn zero_sized_items_are_counted_without_memory_for_them() {
     let platform = HostPlatform::new(2).unwrap();
     let q = PerCpuQueue::new(&platform, 3).unwrap();
-    q.prepare(cpu(0)).unwrap();
-    let pin = platform.pin();
-    for _ in 0..3 {
-        q.push(&pin, ()).unwrap();
-    }
-    assert_eq!(q.push(&pin, ()).unwrap_err().error, Error::Exhausted);
+    let _ = q.prepare(cpu(0)).unwrap();
+    pinned_on(&platform, 0, |pin| {
+        for _ in 0..3 {
+            q.push(pin, ()).unwrap();
+        }
+        assert_eq!(q.push(pin, ()).unwrap_err().error, Error::Exhausted);
+    });
     assert_eq!(q.drain(cpu(0)).count(), 3);
+    pinned_on(&platform, 0, |pin| q.push(pin, ()).unwrap());
+    assert_eq!(q.teardown().count(), 1);
 }
 
 #[test]
@@ -396,27 +525,30 @@ fn bad_capacities_and_indexes_are_errors() {
     assert_eq!(q.len(cpu(1000)), 0);
 }
 
+perproc::counters! {
+    struct Pushed { items }
+}
+
 #[test]
 fn every_failed_allocation_leaves_nothing_published_and_nothing_leaked() {
     let platform = HostPlatform::new(4).unwrap();
     for k in 0.. {
         let counting = CountingAlloc::new(HostAlloc);
         let alloc = FailingAlloc::new(&counting);
-        let q = PerCpuQueue::<u32, _>::with_capacity_in(4, 8, &alloc).unwrap();
-        const ALL: CounterId<1> = CounterId::at::<0>();
-        let stats = PerCpuCounters::<1, _>::with_capacity_in(4, &alloc).unwrap();
-        let driver = Components::new([&q, &stats]);
+        let q = PerCpuQueue::<u32, _, _>::new_in(&platform, &alloc, 8).unwrap();
+        let stats = PerCpuCounters::<Pushed, _, _>::new_in(&platform, &alloc).unwrap();
+        let driver = (&q, &stats);
         alloc.plan(FailPlan::Once(k));
         let mut failed = false;
         let mut pushed = 0;
         for i in 0..3 {
-            match driver.start(cpu(i)) {
-                Ok(()) => {
+            match driver.prepare(cpu(i)) {
+                Ok(prepared) => {
+                    assert_eq!(prepared, Prepared::New);
                     assert_eq!(q.state(cpu(i)), SlotState::Prepared);
-                    on(&platform, i, || {
-                        let pin = platform.pin();
-                        q.push(&pin, i).unwrap();
-                        stats.add(&pin, ALL, 1);
+                    pinned_on(&platform, i, |pin| {
+                        q.push(pin, i).unwrap();
+                        stats.add(pin, Pushed::items, 1);
                     });
                     pushed += 1;
                 }
@@ -424,14 +556,14 @@ fn every_failed_allocation_leaves_nothing_published_and_nothing_leaked() {
                     failed = true;
                     assert_eq!(e, Error::OutOfMemory);
                     assert!(q.state(cpu(i)) != SlotState::Prepared, "rolled back");
-                    on(&platform, i, || {
-                        let refused = q.push(&platform.pin(), i).unwrap_err();
+                    pinned_on(&platform, i, |pin| {
+                        let refused = q.push(pin, i).unwrap_err();
                         assert_eq!(refused.error, Error::NotPrepared);
                     });
-                    driver.fail(cpu(i)).unwrap();
+                    driver.abort(cpu(i)).unwrap();
                     // The next add of that processor works and keeps nothing stale.
                     alloc.plan(FailPlan::Never);
-                    driver.start(cpu(i)).unwrap();
+                    let _ = driver.prepare(cpu(i)).unwrap();
                     assert_eq!(q.len(cpu(i)), 0);
                 }
             }
@@ -439,7 +571,7 @@ fn every_failed_allocation_leaves_nothing_published_and_nothing_leaked() {
         let mut drained: Vec<_> = q.drain_all().map(|(_, v)| v).collect();
         drained.sort();
         assert_eq!(drained.len(), pushed);
-        assert_eq!(stats.sums(), [pushed as u64]);
+        assert_eq!(stats.sums().items, pushed as u64);
         drop(q);
         drop(stats);
         assert_eq!(counting.live_blocks(), 0, "k = {k}");
@@ -459,12 +591,10 @@ fn a_rolled_back_start_keeps_what_was_queued_in_the_window() {
     // Start publishes the queue, a later component fails, the queue is rolled
     // back: anything a fast processor queued in between is not lost.
     let platform = HostPlatform::new(4).unwrap();
-    let counting = CountingAlloc::new(HostAlloc);
-    let alloc = FailingAlloc::new(&counting);
-    let q = PerCpuQueue::with_capacity_in(4, 8, &alloc).unwrap();
-    q.prepare(cpu(1)).unwrap();
-    on(&platform, 1, || q.push(&platform.pin(), 42).unwrap());
-    // What Components::start does when a later part fails:
+    let q = PerCpuQueue::new(&platform, 8).unwrap();
+    let _ = q.prepare(cpu(1)).unwrap();
+    pinned_on(&platform, 1, |pin| q.push(pin, 42).unwrap());
+    // What a component set does when a later part fails:
     Component::abort(&q, cpu(1)).unwrap();
     assert_eq!(q.drain_all().collect::<Vec<_>>(), [(cpu(1), 42)]);
 }
@@ -473,22 +603,118 @@ fn a_rolled_back_start_keeps_what_was_queued_in_the_window() {
 fn a_held_consumer_pops_items_queued_after_it_was_taken_and_excludes_others() {
     let platform = HostPlatform::new(2).unwrap();
     let q = PerCpuQueue::new(&platform, 2).unwrap();
-    q.prepare(cpu(0)).unwrap();
+    let _ = q.prepare(cpu(0)).unwrap();
     assert!(q.consumer(cpu(1)).is_none(), "no queue, no consumer");
-    let pin = platform.pin();
-    let mut mine = q.consumer(cpu(0)).unwrap();
-    assert_eq!(mine.pop(), None);
-    for round in 0..10 {
-        q.push(&pin, round).unwrap();
-        q.push(&pin, round + 100).unwrap();
-        assert_eq!(q.push(&pin, 0).unwrap_err().error, Error::Exhausted);
-        assert!(q.consumer(cpu(0)).is_none(), "one consumer at a time");
-        assert_eq!(q.pop(cpu(0)), None);
-        assert_eq!(mine.pop(), Some(round));
-        assert_eq!(mine.pop(), Some(round + 100));
+    pinned_on(&platform, 0, |pin| {
+        let mut mine = q.consumer(cpu(0)).unwrap();
         assert_eq!(mine.pop(), None);
+        for round in 0..10 {
+            q.push(pin, round).unwrap();
+            q.push(pin, round + 100).unwrap();
+            assert_eq!(q.push(pin, 0).unwrap_err().error, Error::Exhausted);
+            assert!(q.consumer(cpu(0)).is_none(), "one consumer at a time");
+            assert_eq!(q.pop(cpu(0)), None);
+            assert_eq!(mine.pop(), Some(round));
+            assert_eq!(mine.pop(), Some(round + 100));
+            assert_eq!(mine.pop(), None);
+        }
+        q.push(pin, 7).unwrap();
+        drop(mine);
+        assert_eq!(q.pop(cpu(0)), Some(7), "released: the rest stays queued");
+    });
+}
+
+// The race of issue 10: an abort of processor `i` arriving while a prepare of
+// `i` is between building the ring and giving it its cells. The queue now
+// allocates the cells inside the slot's build, so the only places an abort
+// can come in are its allocations; this allocator runs an abort of the same
+// index at each of them, deterministically.
+
+type Hook = Box<dyn FnMut() + Send>;
+
+thread_local! {
+    /// What the hooked allocator runs before each allocation on this thread.
+    static BEFORE_ALLOCATE: RefCell<Option<Hook>> = const { RefCell::new(None) };
+}
+
+/// The host allocator, running this thread's hook before each allocation.
+struct HookedAlloc;
+
+// SAFETY: forwards to `HostAlloc` unchanged; the hook runs before and touches
+// no block.
+unsafe impl RawAlloc for HookedAlloc {
+    fn allocate(
+        &self,
+        layout: Layout,
+        processor: Option<ProcessorIndex>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let hook = BEFORE_ALLOCATE.with(|hook| hook.borrow_mut().take());
+        if let Some(mut hook) = hook {
+            hook();
+            BEFORE_ALLOCATE.with(|slot| *slot.borrow_mut() = Some(hook));
+        }
+        HostAlloc.allocate(layout, processor)
     }
-    q.push(&pin, 7).unwrap();
-    drop(mine);
-    assert_eq!(q.pop(cpu(0)), Some(7), "released: the rest stays queued");
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's obligations are those of `HostAlloc`, which
+        // allocated the block.
+        unsafe { HostAlloc.deallocate(ptr, layout) }
+    }
+}
+
+#[test]
+fn an_abort_during_a_prepare_of_the_same_index_cannot_retire_a_half_built_queue() {
+    let platform = HostPlatform::new(2).unwrap();
+    let q = Arc::new(PerCpuQueue::<u32, _, _>::new_in(&platform, HookedAlloc, 4).unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (q, seen) = (q.clone(), seen.clone());
+        let hook: Hook = Box::new(move || {
+            let aborted = q.abort(cpu(1)).map(|drain| drain.count());
+            seen.lock().unwrap().push((aborted, q.state(cpu(1))));
+        });
+        BEFORE_ALLOCATE.with(|slot| *slot.borrow_mut() = Some(hook));
+    }
+    let prepared = q.prepare(cpu(1));
+    BEFORE_ALLOCATE.with(|slot| slot.borrow_mut().take()); // drops its `q`
+    assert_eq!(prepared, Ok(Prepared::New));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (Err(Error::Busy), SlotState::Busy), // before the slot's block
+            (Err(Error::Busy), SlotState::Busy), // before the cells
+        ],
+        "an abort in the middle of the build is refused and changes nothing"
+    );
+    // The prepare's result stands: published, with cells, usable.
+    assert_eq!(q.state(cpu(1)), SlotState::Prepared);
+    pinned_on(&platform, 1, |pin| q.push(pin, 5).unwrap());
+    // An abort after the prepare returned retires the whole queue, cells and
+    // items, and the next prepare revives it as it was.
+    assert_eq!(q.abort(cpu(1)).unwrap().collect::<Vec<_>>(), [5]);
+    pinned_on(&platform, 1, |pin| {
+        assert_eq!(q.push(pin, 6).unwrap_err().error, Error::NotPrepared);
+    });
+    assert_eq!(q.prepare(cpu(1)), Ok(Prepared::New));
+    pinned_on(&platform, 1, |pin| q.push(pin, 7).unwrap());
+    assert_eq!(q.pop(cpu(1)), Some(7));
+}
+
+#[test]
+fn a_prepare_whose_cells_fail_leaves_the_index_absent_and_retryable() {
+    let counting = CountingAlloc::new(HostAlloc);
+    let alloc = FailingAlloc::new(&counting);
+    let platform = HostPlatform::new(2).unwrap();
+    let q = PerCpuQueue::<u32, _, _>::new_in(&platform, &alloc, 4).unwrap();
+    let blocks = counting.live_blocks();
+    // Allocation 0 is the slot, 1 the cells (built inside the slot).
+    alloc.plan(FailPlan::Once(1));
+    assert_eq!(q.prepare(cpu(0)), Err(Error::OutOfMemory));
+    assert_eq!(q.state(cpu(0)), SlotState::Absent);
+    assert_eq!(counting.live_blocks(), blocks, "the slot was freed");
+    alloc.plan(FailPlan::Never);
+    assert_eq!(q.prepare(cpu(0)), Ok(Prepared::New));
+    pinned_on(&platform, 0, |pin| q.push(pin, 1).unwrap());
+    assert_eq!(q.pop(cpu(0)), Some(1));
 }

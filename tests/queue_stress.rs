@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use common::cpu;
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
-use perproc::{Components, CounterId, Error, PerCpuCounters, PerCpuQueue, Platform, SlotState};
+use perproc::{Component, Error, PerCpuCounters, PerCpuQueue, Platform, SlotState};
 
 const PRODUCERS: u32 = if cfg!(miri) { 4 } else { 6 };
 const DRAINERS: u32 = 2;
@@ -22,7 +22,10 @@ const ABORTED: u32 = 1;
 /// (after the queue was published, so the queue is rolled back).
 const VETO_QUEUE: u32 = 2;
 const VETO_LATER: u32 = PRODUCERS - 1;
-const PUSHED: CounterId<1> = CounterId::at::<0>();
+
+perproc::counters! {
+    struct Pushes { items }
+}
 
 fn id(producer: u32, seq: u64) -> u64 {
     (u64::from(producer) << 32) | seq
@@ -51,10 +54,9 @@ fn every_item_is_consumed_exactly_once_across_hot_adds_and_aborts() {
     let platform = HostPlatform::new(PRODUCERS + DRAINERS).unwrap();
     let counting = CountingAlloc::new(HostAlloc);
     let alloc = FailingAlloc::new(&counting);
-    let processors = (PRODUCERS + DRAINERS) as usize;
-    let queues = PerCpuQueue::with_capacity_in(processors, CAPACITY, &alloc).unwrap();
-    let stats = PerCpuCounters::<1, _>::with_capacity_in(processors, &alloc).unwrap();
-    let driver = Components::new([&queues, &stats]);
+    let queues = PerCpuQueue::new_in(&platform, &alloc, CAPACITY).unwrap();
+    let stats = PerCpuCounters::<Pushes, _, _>::new_in(&platform, &alloc).unwrap();
+    let driver = (&queues, &stats);
     let producing = AtomicU64::new(u64::from(PRODUCERS));
     let aborted_pushes = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
@@ -69,25 +71,30 @@ fn every_item_is_consumed_exactly_once_across_hot_adds_and_aborts() {
                     let mut pushed = Vec::new();
                     let mut seq = 0;
                     while seq < ITEMS {
-                        let pin = platform.pin();
-                        match queues.push(&pin, id(p, seq)) {
-                            Ok(()) => {
-                                stats.add(&pin, PUSHED, 1);
-                                pushed.push(id(p, seq));
-                                seq += 1;
-                                if p == ABORTED {
-                                    aborted_pushes.fetch_add(1, Ordering::SeqCst);
+                        let queued = platform
+                            .pinned(|pin| match queues.push(pin, id(p, seq)) {
+                                Ok(()) => {
+                                    stats.add(pin, Pushes::items, 1);
+                                    true
                                 }
+                                Err(refused) => {
+                                    assert!(matches!(
+                                        refused.error,
+                                        Error::Exhausted | Error::NotPrepared
+                                    ));
+                                    assert_eq!(refused.item, id(p, seq), "the item comes back");
+                                    false
+                                }
+                            })
+                            .unwrap();
+                        if queued {
+                            pushed.push(id(p, seq));
+                            seq += 1;
+                            if p == ABORTED {
+                                aborted_pushes.fetch_add(1, Ordering::SeqCst);
                             }
-                            Err(refused) => {
-                                assert!(matches!(
-                                    refused.error,
-                                    Error::Exhausted | Error::NotPrepared
-                                ));
-                                assert_eq!(refused.item, id(p, seq), "the item comes back");
-                                drop(pin);
-                                std::thread::yield_now();
-                            }
+                        } else {
+                            std::thread::yield_now();
                         }
                     }
                     producing.fetch_sub(1, Ordering::SeqCst);
@@ -125,7 +132,7 @@ fn every_item_is_consumed_exactly_once_across_hot_adds_and_aborts() {
         for p in 0..PRODUCERS {
             match p {
                 ABORTED => {
-                    driver.start(cpu(p)).unwrap();
+                    let _ = driver.prepare(cpu(p)).unwrap();
                     // Let its producer queue work on it, then veto the add.
                     while aborted_pushes.load(Ordering::SeqCst) < 3 {
                         std::thread::yield_now();
@@ -136,23 +143,26 @@ fn every_item_is_consumed_exactly_once_across_hot_adds_and_aborts() {
                     assert_eq!(queues.state(cpu(p)), SlotState::Retired);
                     std::thread::yield_now();
                     // A later add of the same processor revives its queue.
-                    driver.start(cpu(p)).unwrap();
+                    let _ = driver.prepare(cpu(p)).unwrap();
                 }
                 VETO_QUEUE | VETO_LATER => {
-                    // The queue's cells (allocation 0) or the counters' block
-                    // (allocation 2, after the queue was published).
+                    // The queue's slot (allocation 0; its cells are 1) or the
+                    // counters' block (allocation 2, after the queue was
+                    // published, so the set rolls the queue back).
                     let k = if p == VETO_QUEUE { 0 } else { 2 };
                     alloc.plan(FailPlan::Once(k));
-                    assert_eq!(driver.start(cpu(p)), Err(Error::OutOfMemory));
+                    assert_eq!(driver.prepare(cpu(p)), Err(Error::OutOfMemory));
                     alloc.plan(FailPlan::Never);
-                    driver.fail(cpu(p)).unwrap();
+                    driver.abort(cpu(p)).unwrap();
                     assert_ne!(queues.state(cpu(p)), SlotState::Prepared);
                     std::thread::yield_now();
-                    driver.start(cpu(p)).unwrap();
+                    let _ = driver.prepare(cpu(p)).unwrap();
                 }
-                _ => driver.start(cpu(p)).unwrap(),
+                _ => {
+                    let _ = driver.prepare(cpu(p)).unwrap();
+                }
             }
-            driver.complete(cpu(p)).unwrap();
+            driver.commit(cpu(p)).unwrap();
             std::thread::yield_now();
         }
 
@@ -192,9 +202,9 @@ fn every_item_is_consumed_exactly_once_across_hot_adds_and_aborts() {
     pushed.sort_unstable();
     assert_eq!(pushed.len() as u64, ITEMS * u64::from(PRODUCERS));
     assert_eq!(consumed, pushed, "every pushed item consumed, nothing else");
-    assert_eq!(stats.sums(), [ITEMS * u64::from(PRODUCERS)]);
+    assert_eq!(stats.sums().items, ITEMS * u64::from(PRODUCERS));
     assert_eq!(queues.total_len(), 0);
-    drop(queues);
+    assert_eq!(queues.teardown().count(), 0, "nothing left behind");
     drop(stats);
     assert_eq!(counting.live_blocks(), 0, "nothing leaked");
 }

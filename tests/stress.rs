@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
-use perproc::{Components, InitFn, PerCpu, Platform, SlotPadding, SlotState};
+use perproc::{Component, InitFn, PerCpu, Platform, Prepared, SlotState};
 
 const PROCESSORS: u32 = if cfg!(miri) { 24 } else { 2048 };
 const READERS: u32 = if cfg!(miri) { 2 } else { 4 };
@@ -23,10 +23,9 @@ fn readers_see_only_fully_built_slots_while_processors_arrive() {
     let platform = HostPlatform::with_groups(PROCESSORS, 64).unwrap();
     let alloc = FailingAlloc::new(CountingAlloc::new(HostAlloc));
     let init: InitFn<Built> = |i| Ok(Built::new(i));
-    let make =
-        || PerCpu::with_capacity_in(PROCESSORS as usize, &alloc, SlotPadding::CacheLine, init);
+    let make = || PerCpu::new_in(&platform, &alloc, init);
     let (queues, stats) = (make().unwrap(), make().unwrap());
-    let driver = Components::new([&queues, &stats]);
+    let driver = (&queues, &stats);
     let done = AtomicBool::new(false);
     let vetoed: Vec<AtomicBool> = (0..PROCESSORS).map(|_| AtomicBool::new(false)).collect();
     let reads = AtomicUsize::new(0);
@@ -42,12 +41,15 @@ fn readers_see_only_fully_built_slots_while_processors_arrive() {
                         // that writer's add is the one vetoed.
                         alloc.plan(FailPlan::Once(0));
                     }
-                    match driver.start(cpu(i)) {
-                        Ok(()) => driver.complete(cpu(i)).unwrap(),
+                    match driver.prepare(cpu(i)) {
+                        Ok(prepared) => {
+                            assert_eq!(prepared, Prepared::New);
+                            driver.commit(cpu(i)).unwrap();
+                        }
                         Err(e) => {
                             assert_eq!(e, perproc::Error::OutOfMemory);
                             vetoed[i as usize].store(true, Ordering::SeqCst);
-                            driver.fail(cpu(i)).unwrap();
+                            driver.abort(cpu(i)).unwrap();
                         }
                     }
                     std::thread::yield_now();
@@ -63,18 +65,20 @@ fn readers_see_only_fully_built_slots_while_processors_arrive() {
                 let mut i = r;
                 while !done.load(Ordering::SeqCst) {
                     platform.bind_current_thread(cpu(i)).unwrap();
-                    let pin = platform.pin();
-                    for table in [queues, stats] {
-                        if let Some(v) = table.current(&pin) {
-                            v.check(cpu(i));
-                            reads.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let remote = cpu((i * 7 + 3) % PROCESSORS);
-                        if let Some(v) = table.get(remote) {
-                            v.check(remote);
-                        }
-                    }
-                    drop(pin);
+                    platform
+                        .pinned(|pin| {
+                            for table in [queues, stats] {
+                                if let Some(v) = table.current(pin) {
+                                    v.check(cpu(i));
+                                    reads.fetch_add(1, Ordering::Relaxed);
+                                }
+                                let remote = cpu((i * 7 + 3) % PROCESSORS);
+                                if let Some(v) = table.get(remote) {
+                                    v.check(remote);
+                                }
+                            }
+                        })
+                        .unwrap();
                     i = (i + READERS) % PROCESSORS;
                 }
             });

@@ -20,8 +20,11 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
-use perproc::host::{HostAlloc, HostGuard};
-use perproc::{PerCpu, PinGuard, ProcessorIndex, SlotPadding};
+use perproc::host::HostPlatform;
+use perproc::{PerCpu, PinGuard, Prepared, ProcessorIndex};
+
+/// The pin every read goes through: the host platform's guard.
+pub type Pin<'a> = PinGuard<'a, HostPlatform>;
 
 /// The per-processor payload: two counters a driver bumps on its hot path.
 #[derive(Debug)]
@@ -48,18 +51,19 @@ pub fn stats(_cpu: ProcessorIndex) -> Result<Stats, perproc::Error> {
 }
 
 /// perproc's container as the benchmarks build it.
-pub type Ours = PerCpu<Stats, HostAlloc>;
+pub type Ours = PerCpu<Stats, HostPlatform>;
 
-/// An empty perproc container for processors `0..capacity`, slots on their own
-/// cache lines, from the system allocator.
+/// An empty perproc container for a machine of `capacity` processors, slots on
+/// their own cache lines, from the system allocator (the host platform's).
 pub fn ours(capacity: usize) -> Ours {
-    PerCpu::with_capacity_in(capacity, HostAlloc, SlotPadding::CacheLine, stats as _).unwrap()
+    let platform = HostPlatform::new(u32::try_from(capacity).unwrap()).unwrap();
+    PerCpu::new(&platform, stats as _).unwrap()
 }
 
 /// A container whose current processor's slot can be read.
 pub trait CurrentSlot {
     /// `hits` of the slot of the processor `pin` is on, or 0 without a slot.
-    fn read(&self, pin: &HostGuard<'_>) -> u64;
+    fn read(&self, pin: &Pin<'_>) -> u64;
 }
 
 /// `iters` reads of the current processor's slot, with the pin held across the
@@ -73,7 +77,7 @@ pub trait CurrentSlot {
 /// container whose layout lets the compiler keep its base in a register across
 /// iterations gets that benefit, as it would in a driver's loop.
 #[inline(never)]
-pub fn read_loop<C: CurrentSlot + ?Sized>(container: &C, pin: &HostGuard<'_>, iters: u64) -> u64 {
+pub fn read_loop<C: CurrentSlot + ?Sized>(container: &C, pin: &Pin<'_>, iters: u64) -> u64 {
     let mut sum = 0u64;
     for _ in 0..iters {
         sum = sum.wrapping_add(container.read(black_box(pin)));
@@ -84,7 +88,7 @@ pub fn read_loop<C: CurrentSlot + ?Sized>(container: &C, pin: &HostGuard<'_>, it
 /// The platform's index lookup alone, with the same `black_box` and the same
 /// loop: what every other loop pays besides its own container's work.
 #[inline(never)]
-pub fn index_loop(pin: &HostGuard<'_>, iters: u64) -> u64 {
+pub fn index_loop(pin: &Pin<'_>, iters: u64) -> u64 {
     let mut sum = 0u64;
     for _ in 0..iters {
         let index = black_box(pin).processor().get();
@@ -95,7 +99,7 @@ pub fn index_loop(pin: &HostGuard<'_>, iters: u64) -> u64 {
 
 impl CurrentSlot for Ours {
     #[inline(always)]
-    fn read(&self, pin: &HostGuard<'_>) -> u64 {
+    fn read(&self, pin: &Pin<'_>) -> u64 {
         self.current(pin)
             .map_or(0, |stats| stats.hits.load(Ordering::Relaxed))
     }
@@ -126,7 +130,7 @@ impl Fixed {
 
 impl CurrentSlot for Fixed {
     #[inline(always)]
-    fn read(&self, pin: &HostGuard<'_>) -> u64 {
+    fn read(&self, pin: &Pin<'_>) -> u64 {
         self.get(pin.processor().as_usize())
             .map_or(0, |stats| stats.hits.load(Ordering::Relaxed))
     }
@@ -173,7 +177,7 @@ impl Directory {
 
 impl CurrentSlot for Directory {
     #[inline(always)]
-    fn read(&self, pin: &HostGuard<'_>) -> u64 {
+    fn read(&self, pin: &Pin<'_>) -> u64 {
         self.get(pin.processor().as_usize())
             .map_or(0, |stats| stats.hits.load(Ordering::Relaxed))
     }
@@ -322,7 +326,7 @@ impl Default for CopyOnGrow {
 
 impl CurrentSlot for CopyOnGrow {
     #[inline(always)]
-    fn read(&self, pin: &HostGuard<'_>) -> u64 {
+    fn read(&self, pin: &Pin<'_>) -> u64 {
         self.get(pin.processor().as_usize())
             .map_or(0, |stats| stats.hits.load(Ordering::Relaxed))
     }
@@ -379,7 +383,7 @@ impl Locked {
 
 impl CurrentSlot for Locked {
     #[inline(always)]
-    fn read(&self, pin: &HostGuard<'_>) -> u64 {
+    fn read(&self, pin: &Pin<'_>) -> u64 {
         self.slots
             .read()
             .get(pin.processor().as_usize())
@@ -415,7 +419,7 @@ impl Default for PerThread {
 
 impl CurrentSlot for PerThread {
     #[inline(always)]
-    fn read(&self, _pin: &HostGuard<'_>) -> u64 {
+    fn read(&self, _pin: &Pin<'_>) -> u64 {
         self.slots
             .get()
             .map_or(0, |stats| stats.hits.load(Ordering::Relaxed))
@@ -453,7 +457,7 @@ impl Contenders {
         let copy_on_grow = CopyOnGrow::new();
         for i in 0..processors {
             let index = ProcessorIndex::from_usize(i).unwrap();
-            ours.prepare(index).unwrap();
+            assert_eq!(ours.prepare(index).unwrap(), Prepared::New);
             ours.commit(index).unwrap();
             directory.add(i);
             copy_on_grow.add();
@@ -472,7 +476,7 @@ impl Contenders {
 
     /// `iters` reads through `variant` (one of [`VARIANTS`]); `None` for an
     /// unknown name.
-    pub fn run(&self, variant: &str, pin: &HostGuard<'_>, iters: u64) -> Option<u64> {
+    pub fn run(&self, variant: &str, pin: &Pin<'_>, iters: u64) -> Option<u64> {
         Some(match variant {
             "index_only" => index_loop(pin, iters),
             "fixed_array" => read_loop(&self.fixed, pin, iters),

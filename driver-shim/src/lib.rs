@@ -11,15 +11,17 @@
 //!   they are torn down.
 //! - The callback it registers validates every pointer, decodes the state,
 //!   cross-checks `NtNumber` against `ProcNumber`, dispatches to the
-//!   components (prepare, commit, abort), writes `*OperationStatus` only when a
-//!   Start fails ([`status_of`] maps the error), ignores unknown states, and
-//!   cannot panic.
+//!   components (AddStart to `prepare`, AddComplete to `commit`, AddFailure
+//!   to `abort`), writes `*OperationStatus` only when an AddStart fails
+//!   ([`status_of`] maps the error), ignores unknown states, and cannot panic.
 //! - [`KernelPlatform`] is perproc's [`Platform`](perproc::Platform) over kernel
 //!   calls: the current processor, pinning by raising to `DISPATCH_LEVEL`, the
 //!   maximum processor count, and [`PoolAlloc`] (nonpaged pool with a tag, any
 //!   alignment honoured).
-//! - [`DriverSlot`] keeps the driver's state from `DriverEntry` to `Unload`;
-//!   [`seed`] is the seed's driver written with all of the above.
+//! - [`DriverSlot`] keeps the driver's state from `DriverEntry` to `Unload`,
+//!   and lends it to dispatch routines under rundown protection
+//!   ([`DriverSlot::with`]); [`seed`] is the seed's driver written with all of
+//!   the above.
 //!
 //! All kernel names come through one seam, [`sys`]: `wdk-sys` on Windows
 //! (compiled only on a Windows host with the WDK), and elsewhere [`sim`], a
@@ -32,8 +34,8 @@
 //!   processor-change callback.
 //! - Components must not panic (perproc's containers do not; constructors you
 //!   pass them must not either): a panic in the callback is a bugcheck.
-//! - Code running above `DISPATCH_LEVEL` (ISRs) must not use perproc state;
-//!   queue a DPC.
+//! - Code running above `DISPATCH_LEVEL` (ISRs) cannot use perproc state:
+//!   pinning there fails with `PinError::InterruptLevel`; queue a DPC.
 //!
 //! # Example (runs here on the simulator; the same code runs on Windows)
 //!
@@ -83,7 +85,7 @@ mod status;
 pub mod sim;
 
 pub use callback::{decode, decode_checked, dispatch, Rejected};
-pub use platform::{DispatchGuard, KernelPlatform};
+pub use platform::KernelPlatform;
 pub use pool_alloc::{pool_tag, PoolAlloc, POOL_ALIGNMENT};
 pub use registration::{RegisterError, Registration, Replay};
 pub use slot::DriverSlot;

@@ -61,25 +61,21 @@ impl<C> fmt::Debug for RegisterError<C> {
 /// callback.
 ///
 /// ```ignore-windows
-/// use perproc::{Component, Components, Error, PerCpu, Platform, ProcessorIndex};
-/// use perproc_wdk::{sim::Kernel, KernelPlatform, PoolAlloc, Registration};
+/// use perproc::{InitFn, PerCpu, Platform};
+/// use perproc_wdk::{pool_tag, sim::Kernel, KernelPlatform, Registration};
 /// use core::sync::atomic::AtomicU64;
 ///
 /// // The driver's per-CPU parts, as one component.
 /// struct Parts {
-///     hits: PerCpu<AtomicU64, PoolAlloc>,
+///     hits: PerCpu<AtomicU64, KernelPlatform>,
 /// }
-/// impl Component for Parts {
-///     fn prepare(&self, i: ProcessorIndex) -> Result<(), Error> { self.hits.prepare(i) }
-///     fn commit(&self, i: ProcessorIndex) -> Result<(), Error> { self.hits.commit(i) }
-///     fn abort(&self, i: ProcessorIndex) -> Result<(), Error> { self.hits.abort(i).map(|_| ()) }
-/// }
+/// perproc::components!(Parts => hits);
 ///
 /// let kernel = Kernel::new(&[64], 4)?;                 // off Windows: a simulated one
 /// let _on = kernel.enter()?;
-/// let platform = KernelPlatform::new(u32::from_le_bytes(*b"Demo"));
-/// let init: fn(ProcessorIndex) -> Result<AtomicU64, Error> = |_| Ok(AtomicU64::new(0));
-/// let parts = Parts { hits: PerCpu::new(&platform, init)? };
+/// let platform = KernelPlatform::new(pool_tag(*b"Demo"))?;
+/// let zero: InitFn<AtomicU64> = |_| Ok(AtomicU64::new(0));
+/// let parts = Parts { hits: PerCpu::new(&platform, zero)? };
 ///
 /// let registration = Registration::register(parts, platform.allocator()).unwrap();
 /// assert_eq!(registration.parts().hits.online_count(), 4); // the replay
@@ -140,17 +136,18 @@ impl<C: Component> Registration<C> {
     /// deregisters and gives them back with `f`'s result.
     ///
     /// ```ignore-windows
-    /// use perproc::{Components, PerCpu, Platform};
-    /// use perproc_wdk::{sim::Kernel, KernelPlatform, Registration, Replay};
+    /// use perproc::{PerCpu, Platform};
+    /// use perproc_wdk::{pool_tag, sim::Kernel, KernelPlatform, Registration, Replay};
     ///
     /// let kernel = Kernel::new(&[8], 2)?;
     /// let _on = kernel.enter()?;
-    /// let platform = KernelPlatform::new(u32::from_le_bytes(*b"Demo"));
+    /// let platform = KernelPlatform::new(pool_tag(*b"Demo"))?;
     /// let a = PerCpu::new(&platform, |_| Ok(1u32))?;
     /// let b = PerCpu::new(&platform, |_| Ok(2u64))?;
+    /// // A tuple of references is a component set: prepared a then b.
     /// let online = Registration::scoped(
-    ///     Components::new([&a, &b]), platform.allocator(), Replay::Existing,
-    ///     |registration| registration.parts().parts().len(),
+    ///     (&a, &b), platform.allocator(), Replay::Existing,
+    ///     |registration| registration.parts().1.online_count(),
     /// ).unwrap().0;
     /// assert_eq!((online, a.online_count(), b.online_count()), (2, 2, 2));
     /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -17,22 +17,23 @@
 //! let _on = kernel.enter()?;
 //!
 //! assert_eq!(seed::driver_entry(&DRIVER), sys::STATUS_SUCCESS);
-//! assert!(kernel.hot_add(1, 0)?.added());       // processor 8, in group 1
-//! // The I/O path, on processor 0 (Unload does not run meanwhile).
-//! let driver = unsafe { DRIVER.get() }.unwrap();
-//! assert!(seed::count_request(driver));
-//! assert_eq!(seed::total_requests(driver), 1);
+//! assert!(kernel.hot_add_index(64)?.added());   // processor 64: group 1, number 0
+//! // The I/O path, on processor 0: a dispatch routine reaches the driver's
+//! // state through the slot (rundown-protected against Unload).
+//! assert!(seed::on_request(&DRIVER));
+//! assert_eq!(DRIVER.with(seed::total_requests), Some(1));
 //! seed::driver_unload(&DRIVER);
+//! assert!(!seed::on_request(&DRIVER));          // unloaded: refused, not a crash
 //! assert_eq!(kernel.pool().live_bytes(SEED_TAG), 0);
 //! # Ok::<(), perproc_wdk::sim::SimError>(())
 //! ```
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use perproc::{Component, Components, Error, PerCpu, Platform, ProcessorIndex};
+use perproc::{Error, InitFn, PerCpu, Platform};
 
 use crate::platform::KernelPlatform;
-use crate::pool_alloc::{pool_tag, PoolAlloc};
+use crate::pool_alloc::pool_tag;
 use crate::registration::Registration;
 use crate::slot::DriverSlot;
 use crate::status::status_of;
@@ -44,18 +45,21 @@ pub const SEED_TAG: u32 = pool_tag(*b"Seed");
 /// Scratch bytes each processor gets (a stand-in for a per-CPU request buffer).
 pub const SCRATCH: usize = 256;
 
-type Init<T> = fn(ProcessorIndex) -> Result<T, Error>;
-
 /// The seed driver's per-CPU parts: a request counter and a scratch buffer per
-/// processor.
+/// processor. A [`Component`](perproc::Component) through
+/// [`perproc::components!`]: AddStart prepares `requests` then `scratch`
+/// (rolling `requests` back if `scratch` fails), AddComplete commits both,
+/// AddFailure aborts both.
 pub struct SeedParts {
     /// The platform the parts were built on (the I/O path pins through it).
     pub platform: KernelPlatform,
     /// Requests seen on each processor.
-    pub requests: PerCpu<AtomicU64, PoolAlloc, Init<AtomicU64>>,
+    pub requests: PerCpu<AtomicU64, KernelPlatform>,
     /// A buffer per processor.
-    pub scratch: PerCpu<[u8; SCRATCH], PoolAlloc, Init<[u8; SCRATCH]>>,
+    pub scratch: PerCpu<[u8; SCRATCH], KernelPlatform>,
 }
+
+perproc::components!(SeedParts => requests, scratch);
 
 impl SeedParts {
     /// Empty parts sized for every processor the platform can have.
@@ -63,31 +67,13 @@ impl SeedParts {
     /// # Errors
     /// [`Error::OutOfMemory`] when a table cannot be allocated.
     pub fn new(platform: &KernelPlatform) -> Result<Self, Error> {
-        let counter: Init<AtomicU64> = |_| Ok(AtomicU64::new(0));
-        let buffer: Init<[u8; SCRATCH]> = |_| Ok([0; SCRATCH]);
+        let counter: InitFn<AtomicU64> = |_| Ok(AtomicU64::new(0));
+        let buffer: InitFn<[u8; SCRATCH]> = |_| Ok([0; SCRATCH]);
         Ok(Self {
             platform: *platform,
             requests: PerCpu::new(platform, counter)?,
             scratch: PerCpu::new(platform, buffer)?,
         })
-    }
-
-    fn set(&self) -> Components<'_, 2> {
-        Components::new([&self.requests, &self.scratch])
-    }
-}
-
-impl Component for SeedParts {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.set().start(index)
-    }
-
-    fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.set().complete(index)
-    }
-
-    fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.set().fail(index)
     }
 }
 
@@ -101,7 +87,10 @@ pub type SeedDriver = Registration<SeedParts>;
 /// `STATUS_UNSUCCESSFUL`. On failure everything built is freed again ("perform
 /// any necessary cleanup").
 pub fn driver_entry(slot: &DriverSlot<SeedDriver>) -> NTSTATUS {
-    let platform = KernelPlatform::new(SEED_TAG);
+    let platform = match KernelPlatform::new(SEED_TAG) {
+        Ok(platform) => platform,
+        Err(error) => return status_of(error),
+    };
     let parts = match SeedParts::new(&platform) {
         Ok(parts) => parts,
         Err(error) => return status_of(error),
@@ -119,29 +108,41 @@ pub fn driver_entry(slot: &DriverSlot<SeedDriver>) -> NTSTATUS {
     }
 }
 
-/// `Unload`'s body: deregister (waiting for callbacks in flight), then free
-/// the per-CPU parts.
+/// `Unload`'s body: wait for dispatch routines using the driver (the slot's
+/// rundown), deregister (waiting for callbacks in flight), then free the
+/// per-CPU parts.
 pub fn driver_unload(slot: &DriverSlot<SeedDriver>) {
     drop(slot.take());
 }
 
+/// A dispatch routine's body: count the request through the driver in `slot`.
+/// `false` if the driver is not loaded (or unloading) or the processor has no
+/// slot yet.
+pub fn on_request(slot: &DriverSlot<SeedDriver>) -> bool {
+    slot.with(count_request).unwrap_or(false)
+}
+
 /// What the driver's I/O path does per request: count it on the current
 /// processor, at `DISPATCH_LEVEL`, without an interlocked instruction being
-/// needed for exclusivity. `false` if the processor has no slot yet.
+/// needed for exclusivity. `false` if the processor has no slot yet (or the
+/// caller cannot pin: above `DISPATCH_LEVEL`).
 pub fn count_request(driver: &SeedDriver) -> bool {
-    let pin = driver.parts().platform.pin();
-    match driver.parts().requests.current(&pin) {
-        Some(counter) => {
-            // Pinned: only this thread touches this processor's counter, so a
-            // load and a store suffice.
-            counter.store(
-                counter.load(Ordering::Relaxed).wrapping_add(1),
-                Ordering::Relaxed,
-            );
-            true
-        }
-        None => false,
-    }
+    let parts = driver.parts();
+    parts
+        .platform
+        .pinned(|pin| match parts.requests.current(pin) {
+            Some(counter) => {
+                // Pinned: only this thread touches this processor's counter, so
+                // a load and a store suffice.
+                counter.store(
+                    counter.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false)
 }
 
 /// Requests counted over every processor (retired slots included: a count

@@ -5,7 +5,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use perproc::RawAlloc;
 
@@ -17,9 +17,22 @@ struct Stored<T> {
     value: T,
 }
 
+/// Rundown word: bit 0 is "closing", the rest counts active users.
+const CLOSING: usize = 1;
+/// One active user.
+const USER: usize = 2;
+
 /// A `static` home for a driver's state (typically its [`Registration`]),
-/// in nonpaged pool: `DriverEntry` installs it, `Unload` takes it out and drops
-/// it. No `alloc` crate or global allocator needed.
+/// in nonpaged pool: `DriverEntry` installs it, dispatch routines use it
+/// through [`with`](Self::with), `Unload` takes it out and drops it. No `alloc`
+/// crate or global allocator needed.
+///
+/// The slot is rundown-protected, like the kernel's `EX_RUNDOWN_REF`:
+/// [`with`](Self::with) counts itself as an active user for the duration of
+/// its closure; [`take`](Self::take) marks the slot closing (new users get
+/// `None`), waits until the active users have left, and only then moves the
+/// value out. So a dispatch routine racing `Unload` either runs on the live
+/// state or is told it is gone, never runs on freed memory.
 ///
 /// ```ignore-windows
 /// use perproc_wdk::{sim::Kernel, DriverSlot, PoolAlloc};
@@ -27,10 +40,12 @@ struct Stored<T> {
 /// static STATE: DriverSlot<[u64; 4]> = DriverSlot::new();
 /// let kernel = Kernel::new(&[4], 1)?;
 /// let _on = kernel.enter()?;
+/// assert_eq!(STATE.with(|v| v[2]), None);                       // not installed yet
 /// STATE.install([1, 2, 3, 4], PoolAlloc::new(7)).unwrap();
-/// assert!(STATE.install([0; 4], PoolAlloc::new(7)).is_err()); // occupied
-/// assert_eq!(unsafe { STATE.get() }.map(|v| v[2]), Some(3));
-/// assert_eq!(STATE.take(), Some([1, 2, 3, 4]));
+/// assert!(STATE.install([0; 4], PoolAlloc::new(7)).is_err());   // occupied
+/// assert_eq!(STATE.with(|v| v[2]), Some(3));                    // a dispatch routine
+/// assert_eq!(STATE.take(), Some([1, 2, 3, 4]));                 // Unload
+/// assert_eq!(STATE.with(|v| v[2]), None);
 /// assert_eq!(kernel.pool().live_bytes(7), 0);
 /// # Ok::<(), perproc_wdk::sim::SimError>(())
 /// ```
@@ -38,6 +53,8 @@ struct Stored<T> {
 /// [`Registration`]: crate::Registration
 pub struct DriverSlot<T> {
     stored: AtomicPtr<Stored<T>>,
+    /// [`CLOSING`] and the count of active users (in [`USER`]s).
+    rundown: AtomicUsize,
     _owns: PhantomData<T>,
 }
 
@@ -52,6 +69,7 @@ impl<T> DriverSlot<T> {
     pub const fn new() -> Self {
         Self {
             stored: AtomicPtr::new(ptr::null_mut()),
+            rundown: AtomicUsize::new(0),
             _owns: PhantomData,
         }
     }
@@ -87,16 +105,82 @@ impl<T> DriverSlot<T> {
         }
     }
 
-    /// Takes the value out (and frees its block); `None` if empty.
-    pub fn take(&self) -> Option<T> {
-        let block = NonNull::new(self.stored.swap(ptr::null_mut(), Ordering::AcqRel))?;
-        // SAFETY: a published block, unpublished by the swap above, so this is
-        // its only owner; no reference from `get` outlives the value (its
-        // contract).
-        Some(unsafe { free_block(block) }.value)
+    /// Runs `f` on the installed value, as an active user of the slot: a
+    /// concurrent [`take`](Self::take) waits until `f` has returned. `None`
+    /// (and `f` does not run) when nothing is installed or the slot is being
+    /// taken.
+    ///
+    /// Lock-free (a compare-and-swap loop, two atomics in all); callable at any
+    /// IRQL up to `DISPATCH_LEVEL`. `f` must not call [`take`](Self::take) on
+    /// this slot (it would wait for itself).
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let mut now = self.rundown.load(Ordering::Relaxed);
+        loop {
+            if now & CLOSING != 0 {
+                return None;
+            }
+            let next = now.checked_add(USER)?;
+            match self.rundown.compare_exchange_weak(
+                now,
+                next,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => now = seen,
+            }
+        }
+        let _user = ActiveUser(&self.rundown);
+        let block = self.stored.load(Ordering::Acquire);
+        // SAFETY: a published block holds an initialised value until `take`
+        // frees it, and `take` frees only after marking the slot closing and
+        // seeing no active user; this call counted itself as one (the
+        // compare-and-swap above saw the slot not closing) until `_user` drops,
+        // after `f` is done with the reference.
+        unsafe { block.as_ref() }.map(|stored| f(&stored.value))
     }
 
-    /// The installed value.
+    /// Takes the value out (and frees its block); `None` if empty.
+    ///
+    /// Marks the slot closing (new [`with`](Self::with) calls get `None`),
+    /// waits (spinning) until every active user has left, moves the value out,
+    /// then reopens the slot for a later [`install`](Self::install). Call it at
+    /// `PASSIVE_LEVEL` (in `Unload`), never from inside `with`.
+    pub fn take(&self) -> Option<T> {
+        // Become the only closer.
+        let mut now = self.rundown.load(Ordering::Relaxed);
+        loop {
+            if now & CLOSING != 0 {
+                core::hint::spin_loop();
+                now = self.rundown.load(Ordering::Relaxed);
+                continue;
+            }
+            match self.rundown.compare_exchange_weak(
+                now,
+                now | CLOSING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => now = seen,
+            }
+        }
+        // Wait for the active users; acquire pairs with their release, so their
+        // uses of the value happen before it is moved out.
+        while self.rundown.load(Ordering::Acquire) != CLOSING {
+            core::hint::spin_loop();
+        }
+        let block = NonNull::new(self.stored.swap(ptr::null_mut(), Ordering::AcqRel));
+        self.rundown.fetch_and(!CLOSING, Ordering::Release);
+        // SAFETY: a published block, unpublished by the swap above, so this is
+        // its only owner; no user of `with` holds a reference (none was active
+        // while the slot was closing, and new ones find it empty), and no
+        // reference from `get` outlives the value (its contract).
+        block.map(|block| unsafe { free_block(block) }.value)
+    }
+
+    /// The installed value, without rundown protection (prefer
+    /// [`with`](Self::with)).
     ///
     /// # Safety
     /// No [`take`](Self::take) may run until the returned reference is dropped
@@ -132,6 +216,18 @@ impl<T> fmt::Debug for DriverSlot<T> {
         f.debug_struct("DriverSlot")
             .field("installed", &self.is_installed())
             .finish()
+    }
+}
+
+/// An active user of a slot, counted until dropped (also when the closure
+/// unwinds).
+struct ActiveUser<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveUser<'_> {
+    fn drop(&mut self) {
+        // Release: the user's reads of the value happen before `take`, which
+        // acquires the count, moves the value out.
+        self.0.fetch_sub(USER, Ordering::Release);
     }
 }
 

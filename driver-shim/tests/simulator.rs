@@ -7,7 +7,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use perproc::{Component, Error, PerCpu, Platform, ProcessorIndex, RawAlloc};
+use perproc::{Component, Error, PerCpu, Platform, Prepared, ProcessorIndex, RawAlloc};
 use perproc_wdk::sim::{self, Fault, HotAdd, Kernel, Policy, SimError, Violation};
 use perproc_wdk::sys::{self, PROCESSOR_NUMBER};
 use perproc_wdk::{pool_tag, KernelPlatform, PoolAlloc, Registration};
@@ -67,27 +67,32 @@ fn dispatch_level_makes_a_simulated_processor_exclusive() {
         for _ in 0..3 {
             let shared = &shared;
             kernel.spawn_on(s, 2, move || {
-                let platform = KernelPlatform::new(TAG);
+                let platform = KernelPlatform::new(TAG).unwrap();
                 for i in 0..ROUNDS {
-                    let _pin = platform.pin();
-                    // A read-modify-write with a yield in the middle: lost
-                    // updates unless the pin really excludes the others.
-                    // SAFETY: pinned to processor 2, which excludes the other
-                    // threads that use `shared` (the claim under test).
-                    let v = unsafe { *shared.0.get() };
-                    if i % 64 == 0 {
-                        std::thread::yield_now();
-                    }
-                    // SAFETY: as above: still pinned.
-                    unsafe { *shared.0.get() = v + 1 };
+                    platform
+                        .pinned(|_pin| {
+                            // A read-modify-write with a yield in the middle:
+                            // lost updates unless the pin really excludes the
+                            // others.
+                            // SAFETY: pinned to processor 2, which excludes the
+                            // other threads that use `shared` (the claim under
+                            // test).
+                            let v = unsafe { *shared.0.get() };
+                            if i % 64 == 0 {
+                                std::thread::yield_now();
+                            }
+                            // SAFETY: as above: still pinned.
+                            unsafe { *shared.0.get() = v + 1 };
+                        })
+                        .unwrap();
                 }
             });
         }
         // A thread on another processor is not held up by processor 2.
         kernel
             .spawn_on(s, 3, || {
-                let platform = KernelPlatform::new(TAG);
-                let _pin = platform.pin();
+                let platform = KernelPlatform::new(TAG).unwrap();
+                assert_eq!(platform.pinned(|pin| pin.processor().get()), Ok(3));
             })
             .join()
             .unwrap()
@@ -108,7 +113,7 @@ struct Overlap {
 }
 
 impl Component for Overlap {
-    fn prepare(&self, _: ProcessorIndex) -> Result<(), Error> {
+    fn prepare(&self, _: ProcessorIndex) -> Result<Prepared, Error> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
         let deadline = Instant::now() + self.wait;
@@ -116,7 +121,7 @@ impl Component for Overlap {
             std::thread::yield_now();
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Prepared::New)
     }
     fn commit(&self, _: ProcessorIndex) -> Result<(), Error> {
         Ok(())
@@ -147,7 +152,7 @@ fn overlap(concurrent: bool, want: usize, wait: Duration) -> usize {
             std::thread::scope(|s| {
                 for n in 1..3 {
                     let kernel = &kernel;
-                    s.spawn(move || assert!(kernel.hot_add(0, n).unwrap().added()));
+                    s.spawn(move || assert!(kernel.hot_add_index(n).unwrap().added()));
                 }
             });
             r.parts().most.load(Ordering::SeqCst)
@@ -177,12 +182,12 @@ struct Gate {
 }
 
 impl Component for Gate {
-    fn prepare(&self, _: ProcessorIndex) -> Result<(), Error> {
+    fn prepare(&self, _: ProcessorIndex) -> Result<Prepared, Error> {
         self.entered.store(true, Ordering::SeqCst);
         while !self.release.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
-        Ok(())
+        Ok(Prepared::New)
     }
     fn commit(&self, _: ProcessorIndex) -> Result<(), Error> {
         Ok(())
@@ -198,23 +203,11 @@ fn deregistration_waits_for_a_callback_in_flight() {
         entered: AtomicBool::new(false),
         release: AtomicBool::new(false),
     };
-    struct ByRef(&'static Gate);
-    impl Component for ByRef {
-        fn prepare(&self, i: ProcessorIndex) -> Result<(), Error> {
-            self.0.prepare(i)
-        }
-        fn commit(&self, i: ProcessorIndex) -> Result<(), Error> {
-            self.0.commit(i)
-        }
-        fn abort(&self, i: ProcessorIndex) -> Result<(), Error> {
-            self.0.abort(i)
-        }
-    }
     let kernel = Kernel::new(&[8], 1).unwrap();
     let registration = {
         let _on = kernel.enter().unwrap();
         Registration::register_with(
-            ByRef(&GATE),
+            &GATE, // a reference to a component is one
             PoolAlloc::new(TAG),
             perproc_wdk::Replay::NewOnly,
         )
@@ -222,7 +215,7 @@ fn deregistration_waits_for_a_callback_in_flight() {
     };
     let deregistered = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let adder = s.spawn(|| kernel.hot_add(0, 1).unwrap());
+        let adder = s.spawn(|| kernel.hot_add_index(1).unwrap());
         while !GATE.entered.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
@@ -315,11 +308,40 @@ fn processor_queries_follow_the_topology() {
     }
     // A processor in the middle of its add is present (its index resolves)
     // but not active until AddComplete.
-    assert_eq!(kernel.hot_add(1, 7).unwrap().index, 3);
+    // Named for what they do: (1, 7) at the lowest free index (3, not its
+    // position 11 in the topology) ...
+    let add = kernel.hot_add_at_lowest_index(1, 7).unwrap();
+    assert_eq!(add.index, ProcessorIndex::new(3).unwrap());
+    assert_eq!(kernel.index_of(1, 7), Some(add.index));
+    assert_eq!(kernel.number_of(add.index), Some((1, 7)));
     assert_eq!(kernel.enter_on(9).unwrap_err(), SimError::NotPresent);
-    assert_eq!(kernel.hot_add(1, 7).unwrap_err(), SimError::AlreadyPresent);
-    assert_eq!(kernel.hot_add(2, 0).unwrap_err(), SimError::NoSuchProcessor);
-    assert_eq!(kernel.hot_add(0, 4).unwrap_err(), SimError::NoSuchProcessor);
+    assert_eq!(
+        kernel.hot_add_at_lowest_index(1, 7).unwrap_err(),
+        SimError::AlreadyPresent
+    );
+    assert_eq!(
+        kernel.hot_add_at_lowest_index(2, 0).unwrap_err(),
+        SimError::NoSuchProcessor
+    );
+    assert_eq!(
+        kernel.hot_add_at_lowest_index(0, 4).unwrap_err(),
+        SimError::NoSuchProcessor
+    );
+    // ... and exactly index i, the topology's i-th (group, number).
+    assert_eq!(
+        kernel.hot_add_index(11).unwrap_err(),
+        SimError::AlreadyPresent
+    ); // (1, 7)
+    assert_eq!(
+        kernel.hot_add_index(12).unwrap_err(),
+        SimError::IndexOutOfRange
+    );
+    let add = kernel
+        .hot_add_index(ProcessorIndex::new(6).unwrap())
+        .unwrap();
+    assert!(add.added());
+    assert_eq!(add.index.get(), 6);
+    assert_eq!(kernel.number_of(6), Some((1, 2)));
     assert_eq!(
         kernel
             .hot_add_with(HotAdd::new(0, 2).at_index(0))
@@ -477,11 +499,14 @@ fn pool_alloc_honours_every_alignment() {
 fn a_container_on_the_kernel_platform_is_cache_aligned_and_freed() {
     let kernel = Kernel::new(&[64, 64], 3).unwrap();
     let _on = kernel.enter().unwrap();
-    let platform = KernelPlatform::new(TAG);
-    let values = PerCpu::new(&platform, |cpu| Ok(AtomicU32::new(cpu.get()))).unwrap();
+    let platform = KernelPlatform::new(TAG).unwrap();
+    let values = PerCpu::new(&platform, |cpu: ProcessorIndex| {
+        Ok(AtomicU32::new(cpu.get()))
+    })
+    .unwrap();
     assert_eq!(values.capacity(), 128);
     for i in [0, 1, 2, 127] {
-        values.prepare(ProcessorIndex::new(i).unwrap()).unwrap();
+        let _ = values.prepare(ProcessorIndex::new(i).unwrap()).unwrap();
         let value = values.get(ProcessorIndex::new(i).unwrap()).unwrap();
         assert_eq!(std::ptr::from_ref(value).addr() % perproc::CACHE_LINE, 0);
     }

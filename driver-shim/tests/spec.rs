@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use perproc::{
-    Component, Components, Error, PerCpu, PinGuard, Platform, ProcessorIndex, SlotState,
-};
+use perproc::{Error, PerCpu, Platform, ProcessorIndex, SlotState};
 use perproc_wdk::seed::{self, SeedDriver, SEED_TAG};
 use perproc_wdk::sim::{
     AddResult, Delivery, FailureRecipients, Fault, HotAdd, Kernel, Phase, Policy, RegistrationId,
@@ -55,9 +53,11 @@ impl Refuse {
 /// A driver's two per-CPU parts; the second one's constructor can be told to
 /// fail, so the first one is rolled back by the component set.
 struct Parts {
-    queue: PerCpu<AtomicU64, perproc_wdk::PoolAlloc, Init<AtomicU64>>,
-    stats: PerCpu<[u64; 8], perproc_wdk::PoolAlloc, Init<[u64; 8]>>,
+    queue: PerCpu<AtomicU64, KernelPlatform, perproc_wdk::PoolAlloc, Init<AtomicU64>>,
+    stats: PerCpu<[u64; 8], KernelPlatform, perproc_wdk::PoolAlloc, Init<[u64; 8]>>,
 }
+
+perproc::components!(Parts => queue, stats);
 
 impl Parts {
     fn new(platform: &KernelPlatform, refuse: &Refuse) -> Self {
@@ -68,10 +68,6 @@ impl Parts {
             queue: PerCpu::new(platform, queue).unwrap(),
             stats: PerCpu::new(platform, stats).unwrap(),
         }
-    }
-
-    fn set(&self) -> Components<'_, 2> {
-        Components::new([&self.queue, &self.stats])
     }
 
     /// Indexes published in both parts (and asserts the parts agree).
@@ -88,24 +84,12 @@ impl Parts {
     }
 }
 
-impl Component for Parts {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.set().start(index)
-    }
-    fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.set().complete(index)
-    }
-    fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.set().fail(index)
-    }
-}
-
 fn index(i: u32) -> ProcessorIndex {
     ProcessorIndex::new(i).unwrap()
 }
 
 fn register(kernel: &Kernel, refuse: &Refuse) -> Registration<Parts> {
-    let parts = Parts::new(&KernelPlatform::new(TABLES), refuse);
+    let parts = Parts::new(&KernelPlatform::new(TABLES).unwrap(), refuse);
     let registration = Registration::register(parts, perproc_wdk::PoolAlloc::new(CONTEXT)).unwrap();
     assert_eq!(kernel.violations(), vec![]);
     registration
@@ -181,7 +165,7 @@ fn replay_failing_at_k_fails_the_earlier_ones_and_returns_the_status() {
             let _on = kernel.enter().unwrap();
             let refuse = Refuse::default();
             refuse.set(k, error);
-            let parts = Parts::new(&KernelPlatform::new(TABLES), &refuse);
+            let parts = Parts::new(&KernelPlatform::new(TABLES).unwrap(), &refuse);
             let failed =
                 Registration::register(parts, perproc_wdk::PoolAlloc::new(CONTEXT)).unwrap_err();
             assert_eq!(failed.status, expected, "k = {k}");
@@ -221,7 +205,7 @@ fn replay_failing_at_k_fails_the_earlier_ones_and_returns_the_status() {
 fn refused_registration_without_a_status_returns_unsuccessful() {
     let kernel = Kernel::new(&[8], 2).unwrap();
     let _on = kernel.enter().unwrap();
-    let parts = Parts::new(&KernelPlatform::new(TABLES), &Refuse::default());
+    let parts = Parts::new(&KernelPlatform::new(TABLES).unwrap(), &Refuse::default());
     // Registering above PASSIVE_LEVEL: the (simulated) kernel returns NULL
     // without calling back.
     // SAFETY: an IRQL raise on the simulated kernel, lowered below.
@@ -240,7 +224,7 @@ fn refused_registration_without_a_status_returns_unsuccessful() {
 fn registration_without_replay_sees_only_hot_adds() {
     let kernel = Kernel::new(&[8], 3).unwrap();
     let _on = kernel.enter().unwrap();
-    let parts = Parts::new(&KernelPlatform::new(TABLES), &Refuse::default());
+    let parts = Parts::new(&KernelPlatform::new(TABLES).unwrap(), &Refuse::default());
     let registration =
         Registration::register_with(parts, perproc_wdk::PoolAlloc::new(CONTEXT), Replay::NewOnly)
             .unwrap();
@@ -258,9 +242,9 @@ fn hot_add_success_prepares_commits_and_the_new_processor_sees_its_slot() {
     let registration = register(&kernel, &Refuse::default());
     kernel.take_deliveries();
 
-    let outcome = kernel.hot_add(1, 3).unwrap();
+    let outcome = kernel.hot_add_at_lowest_index(1, 3).unwrap();
     assert_eq!(outcome.result, AddResult::Added);
-    assert_eq!(outcome.index, 2);
+    assert_eq!(outcome.index, index(2));
     let deliveries = kernel.deliveries();
     assert_eq!(
         deliveries
@@ -276,11 +260,14 @@ fn hot_add_success_prepares_commits_and_the_new_processor_sees_its_slot() {
     std::thread::scope(|s| {
         kernel
             .spawn_on(s, 2, || {
-                let platform = KernelPlatform::new(TABLES);
-                let pin = platform.pin();
-                assert_eq!(pin.processor().get(), 2);
-                let mine = registration.parts().queue.current(&pin).unwrap();
-                assert_eq!(mine.load(Ordering::Relaxed), 2);
+                let platform = KernelPlatform::new(TABLES).unwrap();
+                platform
+                    .pinned(|pin| {
+                        assert_eq!(pin.processor().get(), 2);
+                        let mine = registration.parts().queue.current(pin).unwrap();
+                        assert_eq!(mine.load(Ordering::Relaxed), 2);
+                    })
+                    .unwrap();
             })
             .join()
             .unwrap()
@@ -451,13 +438,7 @@ fn concurrent_hot_adds_of_different_processors_with_readers() {
                 // do not depend on which thread gets the lowest free index).
                 let mut i = t + 1;
                 while i < 128 {
-                    let (group, number) = (
-                        u16::try_from(i / 64).unwrap(),
-                        u8::try_from(i % 64).unwrap(),
-                    );
-                    let outcome = kernel
-                        .hot_add_with(HotAdd::new(group, number).at_index(i))
-                        .unwrap();
+                    let outcome = kernel.hot_add_index(i).unwrap();
                     assert_eq!(outcome.added(), ![9, 33, 77, 100].contains(&i), "index {i}");
                     i += adders;
                 }
@@ -465,14 +446,12 @@ fn concurrent_hot_adds_of_different_processors_with_readers() {
         }
         // Readers on processor 0: iteration and the local slot, while tables grow.
         let reader = kernel.spawn_on(s, 0, || {
-            let platform = KernelPlatform::new(TABLES);
+            let platform = KernelPlatform::new(TABLES).unwrap();
             for _ in 0..200 {
-                let pin = platform.pin();
-                assert_eq!(
-                    parts.queue.current(&pin).unwrap().load(Ordering::Relaxed),
-                    0
-                );
-                drop(pin);
+                let mine = platform
+                    .pinned(|pin| parts.queue.current(pin).unwrap().load(Ordering::Relaxed))
+                    .unwrap();
+                assert_eq!(mine, 0);
                 for (i, q) in parts.queue.iter() {
                     assert_eq!(q.load(Ordering::Relaxed), u64::from(i.get()));
                 }
@@ -500,19 +479,18 @@ fn more_than_64_processors_across_groups() {
     for d in kernel.deliveries() {
         assert_eq!(
             kernel.index_of(d.number.Group, d.number.Number),
-            Some(d.index)
+            Some(index(d.index))
         );
     }
     std::thread::scope(|s| {
         for cpu in [63, 64, 130, 255] {
             let parts = registration.parts();
             let on = kernel.spawn_on(s, cpu, move || {
-                let platform = KernelPlatform::new(TABLES);
-                let pin = platform.pin();
-                assert_eq!(
-                    parts.queue.current(&pin).unwrap().load(Ordering::Relaxed),
-                    u64::from(cpu)
-                );
+                let platform = KernelPlatform::new(TABLES).unwrap();
+                let mine = platform
+                    .pinned(|pin| parts.queue.current(pin).unwrap().load(Ordering::Relaxed))
+                    .unwrap();
+                assert_eq!(mine, u64::from(cpu));
             });
             on.join().unwrap().unwrap();
         }
@@ -640,7 +618,7 @@ fn allocation_failure_at_every_allocation_of_a_hot_add() {
         let _on = kernel.enter().unwrap();
         let registration = register(&kernel, &Refuse::default());
         kernel.pool().fail(Fault::Nth(k));
-        let outcome = kernel.hot_add(1, 0).unwrap();
+        let outcome = kernel.hot_add_at_lowest_index(1, 0).unwrap();
         if kernel.pool().injected() == 0 {
             assert!(outcome.added());
             assert!(k >= 2, "a hot-add allocates a slot per part");
@@ -663,7 +641,7 @@ fn allocation_failure_at_every_allocation_of_a_hot_add() {
         );
         // The next add of that processor works.
         kernel.pool().fail(Fault::Never);
-        assert!(kernel.hot_add(1, 0).unwrap().added());
+        assert!(kernel.hot_add_at_lowest_index(1, 0).unwrap().added());
         assert_eq!(registration.parts().published(), [0, 1, 2, 3].into());
         drop(registration);
         assert_clean(&kernel);
@@ -681,10 +659,8 @@ fn the_seed_driver_on_the_simulator() {
         seed::driver_entry(&DRIVER),
         perproc_wdk::sys::STATUS_INVALID_DEVICE_STATE
     ); // loaded twice
-       // SAFETY: `driver_unload` runs only after every use of `driver` below.
-    let driver = unsafe { DRIVER.get() }.unwrap();
-    // I/O threads on every processor while processors are hot-added up to 64
-    // across two groups; one add is vetoed by an injected allocation failure.
+       // I/O threads on every processor while processors are hot-added up to 64
+       // across two groups; one add is vetoed by an injected allocation failure.
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         let mut io = Vec::new();
@@ -693,7 +669,7 @@ fn the_seed_driver_on_the_simulator() {
             io.push(kernel.spawn_on(s, cpu, move || {
                 let mut n = 0u64;
                 while done.load(Ordering::Acquire) == 0 || n < 100 {
-                    assert!(seed::count_request(driver));
+                    assert!(seed::on_request(&DRIVER));
                     n += 1;
                 }
                 n
@@ -723,8 +699,11 @@ fn the_seed_driver_on_the_simulator() {
         }
     });
     assert_eq!(kernel.active_processors(), 64);
-    assert_eq!(driver.parts().requests.online_count(), 64);
-    assert!(seed::total_requests(driver) >= 400);
+    assert_eq!(
+        DRIVER.with(|driver| driver.parts().requests.online_count()),
+        Some(64)
+    );
+    assert!(DRIVER.with(seed::total_requests).unwrap() >= 400);
     seed::driver_unload(&DRIVER);
     assert_clean(&kernel);
 }
@@ -763,7 +742,7 @@ fn random_notification_sequences_match_the_model() {
         let _on = kernel.enter().unwrap();
         let refuse = Refuse::default();
         refuse.set(REFUSED, Error::OutOfMemory);
-        let parts = Parts::new(&KernelPlatform::new(TABLES), &refuse);
+        let parts = Parts::new(&KernelPlatform::new(TABLES).unwrap(), &refuse);
         let registration = Registration::register_with(
             parts,
             perproc_wdk::PoolAlloc::new(CONTEXT),

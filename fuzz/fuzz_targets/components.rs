@@ -5,11 +5,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use perproc::host::HostAlloc;
+use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
-use perproc::{
-    Component, Components, Error, InitFn, PerCpu, ProcessorIndex, SlotPadding, SlotState,
-};
+use perproc::{Component, Error, InitFn, PerCpu, Prepared, ProcessorIndex, SlotPadding, SlotState};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -52,9 +50,9 @@ struct World {
 }
 
 impl World {
-    /// Model of one component's prepare: Ok, or the error (and whether it
-    /// consumed the pending allocation failure).
-    fn prepare(&mut self, i: usize, c: usize) -> Result<(), Error> {
+    /// Model of one component's prepare: whether it built (or revived) the
+    /// slot, or the error (consuming the pending allocation failure).
+    fn prepare(&mut self, i: usize, c: usize) -> Result<Prepared, Error> {
         let state = &mut self.model[i][c];
         match *state {
             Model::Absent => {
@@ -62,11 +60,14 @@ impl World {
                     return Err(Error::OutOfMemory);
                 }
                 *state = Model::Prepared;
+                Ok(Prepared::New)
             }
-            Model::Retired => *state = Model::Prepared,
-            Model::Prepared | Model::Online => {}
+            Model::Retired => {
+                *state = Model::Prepared;
+                Ok(Prepared::New)
+            }
+            Model::Prepared | Model::Online => Ok(Prepared::Already),
         }
-        Ok(())
     }
 
     fn abort(&mut self, i: usize, c: usize) -> Result<(), Error> {
@@ -89,25 +90,35 @@ impl World {
         Ok(())
     }
 
-    fn start(&mut self, i: usize) -> Result<(), Error> {
+    /// The set's prepare: in order; when one fails, the parts this call
+    /// prepared (New) are aborted, newest first, and the others left alone.
+    fn prepare_set(&mut self, i: usize) -> Result<Prepared, Error> {
+        let mut done = [Prepared::Already; COMPONENTS];
         for c in 0..COMPONENTS {
-            if let Err(e) = self.prepare(i, c) {
-                for earlier in (0..c).rev() {
-                    let _ = self.abort(i, earlier);
+            match self.prepare(i, c) {
+                Ok(prepared) => done[c] = prepared,
+                Err(e) => {
+                    for earlier in (0..c).rev() {
+                        if done[earlier] == Prepared::New {
+                            let _ = self.abort(i, earlier);
+                        }
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
-        Ok(())
+        Ok(done.iter().fold(Prepared::Already, |all, one| all.or(*one)))
     }
 
+    /// Every part (in `order`), the first error.
     fn each(
         &mut self,
         i: usize,
+        order: impl Iterator<Item = usize>,
         op: fn(&mut Self, usize, usize) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let mut first = Ok(());
-        for c in 0..COMPONENTS {
+        for c in order {
             let r = op(self, i, c);
             if first.is_ok() {
                 first = r;
@@ -116,13 +127,14 @@ impl World {
         first
     }
 
-    fn predict(&mut self, op: Op) -> Result<(), Error> {
+    /// The outcome of `op`: `Some` for a prepare.
+    fn predict(&mut self, op: Op) -> Result<Option<Prepared>, Error> {
         let (raw, one) = match op {
             Op::Start(i) | Op::Complete(i) | Op::Failure(i) => (i, None),
             Op::PrepareOne(i, c) | Op::AbortOne(i, c) => (i, Some(usize::from(c) % COMPONENTS)),
             Op::FailNextAllocation => {
                 self.fail_next = true;
-                return Ok(());
+                return Ok(None);
             }
         };
         let i = usize::from(raw);
@@ -133,25 +145,30 @@ impl World {
             });
         }
         match (op, one) {
-            (Op::Start(_), _) => self.start(i),
-            (Op::Complete(_), _) => self.each(i, Self::commit),
-            (Op::Failure(_), _) => self.each(i, Self::abort),
-            (Op::PrepareOne(..), Some(c)) => self.prepare(i, c),
-            (Op::AbortOne(..), Some(c)) => self.abort(i, c),
-            _ => Ok(()),
+            (Op::Start(_), _) => self.prepare_set(i).map(Some),
+            (Op::Complete(_), _) => self.each(i, 0..COMPONENTS, Self::commit).map(|()| None),
+            // A set aborts its parts newest first.
+            (Op::Failure(_), _) => self
+                .each(i, (0..COMPONENTS).rev(), Self::abort)
+                .map(|()| None),
+            (Op::PrepareOne(..), Some(c)) => self.prepare(i, c).map(Some),
+            (Op::AbortOne(..), Some(c)) => self.abort(i, c).map(|()| None),
+            _ => Ok(None),
         }
     }
 }
 
 fuzz_target!(|input: Input| {
     let capacity = usize::from(input.capacity % 17);
+    let platform = HostPlatform::new(u32::from(input.capacity % 17)).unwrap();
     let alloc = FailingAlloc::new(CountingAlloc::new(HostAlloc));
     {
         let init: InitFn<Value> = |i| Ok(value(i));
         let make =
-            || PerCpu::with_capacity_in(capacity, &alloc, SlotPadding::CacheLine, init).unwrap();
+            || PerCpu::with_padding_in(&platform, &alloc, SlotPadding::CacheLine, init).unwrap();
         let parts = [make(), make(), make()];
-        let set = Components::new([&parts[0], &parts[1], &parts[2]]);
+        // A set of components: an array of references.
+        let set = [&parts[0], &parts[1], &parts[2]];
         let table_bytes = alloc.inner().live_bytes();
         let mut world = World {
             capacity,
@@ -163,16 +180,18 @@ fuzz_target!(|input: Input| {
             let expect = world.predict(op);
             let index = |raw: u8| ProcessorIndex::new(u32::from(raw)).unwrap();
             let got = match op {
-                Op::Start(i) => set.start(index(i)),
-                Op::Complete(i) => set.complete(index(i)),
-                Op::Failure(i) => set.fail(index(i)),
+                Op::Start(i) => set.prepare(index(i)).map(Some),
+                Op::Complete(i) => set.commit(index(i)).map(|()| None),
+                Op::Failure(i) => set.abort(index(i)).map(|()| None),
                 Op::FailNextAllocation => {
                     alloc.plan(FailPlan::Once(0));
-                    Ok(())
+                    Ok(None)
                 }
-                Op::PrepareOne(i, c) => parts[usize::from(c) % COMPONENTS].prepare(index(i)),
+                Op::PrepareOne(i, c) => parts[usize::from(c) % COMPONENTS]
+                    .prepare(index(i))
+                    .map(Some),
                 Op::AbortOne(i, c) => {
-                    Component::abort(&parts[usize::from(c) % COMPONENTS], index(i))
+                    Component::abort(&parts[usize::from(c) % COMPONENTS], index(i)).map(|()| None)
                 }
             };
             assert_eq!(got, expect, "{op:?}");

@@ -17,13 +17,13 @@
 
 use loom::sync::Arc;
 use loom::thread;
-use perproc::host::HostAlloc;
-use perproc::{InitFn, PerCpu, ProcessorIndex, SlotPadding, SlotState};
+use perproc::{InitFn, PerCpu, Prepared, ProcessorIndex, SlotState};
+use perproc_loom_tests::LoomPlatform;
 
 /// A value a reader can check: a function of its processor index, written as two
 /// words so a torn or unpublished read shows.
 type Value = [u64; 2];
-type Table = PerCpu<Value, HostAlloc>;
+type Table = PerCpu<Value, LoomPlatform>;
 
 fn value(i: ProcessorIndex) -> Value {
     let i = u64::from(i.get());
@@ -34,9 +34,15 @@ fn cpu(i: u32) -> ProcessorIndex {
     ProcessorIndex::new(i).unwrap()
 }
 
-fn table(capacity: usize) -> Arc<Table> {
+fn table(capacity: u32) -> Arc<Table> {
     let init: InitFn<Value> = |i| Ok(value(i));
-    Arc::new(PerCpu::with_capacity_in(capacity, HostAlloc, SlotPadding::CacheLine, init).unwrap())
+    let platform = LoomPlatform::new(capacity).unwrap();
+    Arc::new(PerCpu::new(&platform, init).unwrap())
+}
+
+/// Prepares processor `i`, which must be new to the table.
+fn prepare(t: &Table, i: u32) {
+    assert_eq!(t.prepare(cpu(i)).unwrap(), Prepared::New);
 }
 
 fn spawn(t: &Arc<Table>, f: impl FnOnce(&Table) + Send + 'static) -> thread::JoinHandle<()> {
@@ -63,7 +69,7 @@ fn await_published(t: &Table, i: u32) -> &Value {
 fn prepare_races_get() {
     loom::model(|| {
         let t = table(2);
-        let writer = spawn(&t, |t| t.prepare(cpu(1)).unwrap());
+        let writer = spawn(&t, |t| prepare(t, 1));
         await_published(&t, 1);
         writer.join().unwrap();
     });
@@ -77,7 +83,7 @@ fn prepare_races_get() {
 fn prepare_races_iteration() {
     loom::model(|| {
         let t = table(2);
-        let writer = spawn(&t, |t| t.prepare(cpu(0)).unwrap());
+        let writer = spawn(&t, |t| prepare(t, 0));
         loop {
             let mut seen = 0;
             for (i, v) in t.iter() {
@@ -105,7 +111,7 @@ fn two_prepares_race_with_a_reader() {
         let writers: Vec<_> = (0..2)
             .map(|i| {
                 spawn(&t, move |t| {
-                    t.prepare(cpu(i)).unwrap();
+                    prepare(t, i);
                     t.commit(cpu(i)).unwrap();
                 })
             })
@@ -143,7 +149,7 @@ fn abort_races_a_reader_holding_a_reference() {
     loom::model(|| {
         let t = table(1);
         let writer = spawn(&t, |t| {
-            t.prepare(cpu(0)).unwrap();
+            prepare(t, 0);
             t.abort(cpu(0)).unwrap();
         });
         // The reader needs to see the slot while it is published: wait for it
@@ -174,9 +180,10 @@ fn abort_races_a_reader_holding_a_reference() {
 fn revive_races_a_reader_and_a_duplicate_failure() {
     loom::model(|| {
         let t = table(1);
-        t.prepare(cpu(0)).unwrap();
+        prepare(&t, 0);
         t.abort(cpu(0)).unwrap();
-        let reviver = spawn(&t, |t| t.prepare(cpu(0)).unwrap());
+        // A revival is a prepare that brings the slot back: New.
+        let reviver = spawn(&t, |t| prepare(t, 0));
         let failure = spawn(&t, |t| {
             // Either it finds the slot retired (nothing to do), prepared (hides it
             // again) or mid-revival (busy): never anything else.

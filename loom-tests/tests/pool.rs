@@ -1,74 +1,61 @@
 //! Loom models of the per-CPU pool: what runs at once on different processors.
 //!
 //! Magazines of one round (`per_cpu: 2`) so that nearly every operation goes
-//! to the depot, a handful of objects, and at most three threads. Each thread
-//! pins a processor of its own, as the PinGuard contract demands; what loom
-//! checks is that no two threads touch the same magazine or cache without
-//! ordering (the caches' and magazines' cells), that the depot lock and the
-//! table's publication order everything else, and that every object is handed
-//! out once and comes back.
+//! to the depot, a handful of objects, and at most three threads. Threads pin
+//! through the loom platform ([`LoomPlatform`]), which fails a model whose pins
+//! of one processor overlap or are unordered; what loom checks beyond that is
+//! that no two threads touch the same magazine or cache without ordering (the
+//! caches' and magazines' cells), that the depot lock and the table's
+//! publication order everything else, and that every object is handed out once
+//! and comes back.
 #![cfg(loom)]
-
-use std::marker::PhantomData;
-use std::ptr::NonNull;
 
 use loom::sync::Arc;
 use loom::thread;
-use perproc::host::{HostAlloc, HostPlatform};
-use perproc::{Limits, PerCpuPool, PinGuard, ProcessorIndex};
+use perproc::{Limits, PerCpuCounters, PerCpuPool, PinGuard, PoolBox, Prepared, ProcessorIndex};
+use perproc_loom_tests::LoomPlatform;
 
-type Pool = PerCpuPool<u64, HostPlatform, HostAlloc>;
+type Pool = PerCpuPool<u64, LoomPlatform>;
+type Counters = PerCpuCounters<Tally, LoomPlatform>;
+
+perproc::counters! {
+    /// What the model threads count.
+    struct Tally { ops }
+}
+
+/// What a model thread does pinned to its processor.
+type Work =
+    Box<dyn FnOnce(&PinGuard<'_, LoomPlatform>, &Pool, &Counters) -> Option<PoolBox<u64>> + Send>;
 
 fn cpu(i: u32) -> ProcessorIndex {
     ProcessorIndex::new(i).unwrap()
 }
 
-/// A model thread's claim on a processor. Each model gives each processor to
-/// one thread at a time (threads hand a processor on only through spawn and
-/// join, which order them).
-struct Pinned {
-    index: ProcessorIndex,
-    _thread: PhantomData<*const ()>,
-}
-
-fn pin(i: u32) -> Pinned {
-    Pinned {
-        index: cpu(i),
-        _thread: PhantomData,
-    }
-}
-
-// SAFETY: 1. fixed index; 2. the models use each index on one thread at a
-// time; 3. the raw-pointer marker makes it neither Send nor Sync; 4. no
-// interrupts; 5. handing a processor from one thread to another goes through
-// spawn or join, which order the two.
-unsafe impl PinGuard for Pinned {
-    fn processor(&self) -> ProcessorIndex {
-        self.index
-    }
-}
-
-/// An object in flight between threads.
-struct Object(NonNull<u64>);
-
-// SAFETY: a `u64` owned by whoever holds the `Object`.
-unsafe impl Send for Object {}
-
 fn new_pool(total: usize) -> Arc<Pool> {
-    let platform = HostPlatform::new(4).unwrap();
-    Arc::new(Pool::with_allocator(platform, HostAlloc, Limits { total, per_cpu: 2 }).unwrap())
+    let platform = LoomPlatform::new(4).unwrap();
+    Arc::new(Pool::new(&platform, Limits { total, per_cpu: 2 }).unwrap())
 }
 
-fn alloc(pool: &Pool, on: &Pinned, value: u64) -> Object {
-    Object(pool.alloc_raw(on, value).unwrap())
+/// AddStart for processor `i`, which must be new to the pool.
+fn prepare(pool: &Pool, i: u32) {
+    assert_eq!(pool.prepare(cpu(i)).unwrap(), Prepared::New);
 }
 
-fn free(pool: &Pool, on: &Pinned, object: Object, value: u64) {
-    // SAFETY: handed out by this pool, not freed yet; checked, then freed once.
-    unsafe {
-        assert_eq!(*object.0.as_ref(), value, "object clobbered");
-        pool.free_raw(on, object.0);
-    }
+/// AddStart and AddComplete for processor `i`.
+fn add(pool: &Pool, i: u32) {
+    prepare(pool, i);
+    pool.commit(cpu(i)).unwrap();
+}
+
+/// Allocates `value` on processor `i` (binding the calling thread to it).
+fn alloc(pool: &Pool, i: u32, value: u64) -> PoolBox<u64> {
+    pool.platform().on(i, |pin| pool.alloc(pin, value)).unwrap()
+}
+
+/// Checks `object` still holds `value`, then frees it on processor `i`.
+fn free(pool: &Pool, i: u32, object: PoolBox<u64>, value: u64) {
+    assert_eq!(*object, value, "object clobbered");
+    pool.platform().on(i, |pin| pool.free(pin, object));
 }
 
 /// Everything is back and accounted for; tears the pool down.
@@ -77,7 +64,7 @@ fn assert_all_back(pool: Arc<Pool>) {
     assert_eq!(stats.outstanding, 0, "{stats:?}");
     assert_eq!(
         stats.objects,
-        stats.in_depot + stats.cached + stats.stranded,
+        stats.in_depot + stats.cached + stats.stranded + stats.returning,
         "{stats:?}"
     );
     let pool = Arc::try_unwrap(pool).ok().unwrap();
@@ -89,31 +76,30 @@ fn local_alloc_races_a_remote_free() {
     loom::model(|| {
         let pool = new_pool(4);
         for i in 0..2 {
-            pool.prepare(cpu(i)).unwrap();
-            pool.commit(cpu(i)).unwrap();
+            add(&pool, i);
         }
         // Allocated on processor 0, completed on processor 1.
-        let x = alloc(&pool, &pin(0), 10);
+        let x = alloc(&pool, 0, 10);
         let remote = {
             let pool = pool.clone();
             thread::spawn(move || {
-                let on = pin(1);
-                free(&pool, &on, x, 10);
+                free(&pool, 1, x, 10);
                 // Processor 1 reuses what it was given, then needs the depot.
-                let y = alloc(&pool, &on, 11);
-                let z = alloc(&pool, &on, 12);
-                assert_ne!(y.0, z.0);
-                free(&pool, &on, y, 11);
-                free(&pool, &on, z, 12);
+                let y = alloc(&pool, 1, 11);
+                let z = alloc(&pool, 1, 12);
+                assert_ne!(&*y as *const u64, &*z as *const u64);
+                free(&pool, 1, y, 11);
+                free(&pool, 1, z, 12);
             })
         };
-        let on = pin(0);
-        let a = alloc(&pool, &on, 1);
-        let b = alloc(&pool, &on, 2);
-        assert_ne!(a.0, b.0);
-        free(&pool, &on, a, 1);
-        free(&pool, &on, b, 2);
-        drop(on);
+        pool.platform().on(0, |pin| {
+            let a = pool.alloc(pin, 1).unwrap();
+            let b = pool.alloc(pin, 2).unwrap();
+            assert_ne!(&*a as *const u64, &*b as *const u64);
+            assert_eq!((*a, *b), (1, 2));
+            pool.free(pin, a);
+            pool.free(pin, b);
+        });
         remote.join().unwrap();
         assert_all_back(pool);
     });
@@ -123,31 +109,30 @@ fn local_alloc_races_a_remote_free() {
 fn depot_exchange_races_a_hot_add() {
     loom::model(|| {
         let pool = new_pool(4);
-        pool.prepare(cpu(0)).unwrap();
-        pool.commit(cpu(0)).unwrap();
-        let add = {
+        add(&pool, 0);
+        let adder = {
             let pool = pool.clone();
             thread::spawn(move || {
                 // AddStart for processor 1, then code runs on it at once.
-                pool.prepare(cpu(1)).unwrap();
-                let on = pin(1);
-                let x = alloc(&pool, &on, 7);
-                free(&pool, &on, x, 7);
+                prepare(&pool, 1);
+                let x = alloc(&pool, 1, 7);
+                free(&pool, 1, x, 7);
                 pool.commit(cpu(1)).unwrap();
             })
         };
         // Processor 0 overflows its one-round magazines: depot exchanges. A
         // driver logs statistics meanwhile (they walk every cache, the new one
         // too, while it is published).
-        let on = pin(0);
-        let a = alloc(&pool, &on, 1);
-        let b = alloc(&pool, &on, 2);
-        let stats = pool.stats();
-        assert!(stats.objects <= 4, "{stats:?}");
-        free(&pool, &on, a, 1);
-        free(&pool, &on, b, 2);
-        drop(on);
-        add.join().unwrap();
+        pool.platform().on(0, |pin| {
+            let a = pool.alloc(pin, 1).unwrap();
+            let b = pool.alloc(pin, 2).unwrap();
+            let stats = pool.stats();
+            assert!(stats.objects <= 4, "{stats:?}");
+            assert_eq!((*a, *b), (1, 2));
+            pool.free(pin, a);
+            pool.free(pin, b);
+        });
+        adder.join().unwrap();
         assert_all_back(pool);
     });
 }
@@ -156,34 +141,30 @@ fn depot_exchange_races_a_hot_add() {
 fn abort_races_frees_on_the_failing_processor() {
     loom::model(|| {
         let pool = new_pool(4);
-        pool.prepare(cpu(0)).unwrap();
-        pool.commit(cpu(0)).unwrap();
-        pool.prepare(cpu(1)).unwrap(); // AddStart; the add will fail
-        let on = pin(0);
-        let x = alloc(&pool, &on, 1);
-        let y = alloc(&pool, &on, 2);
-        drop(on);
+        add(&pool, 0);
+        prepare(&pool, 1); // AddStart; the add will fail
+        let (x, y) = pool.platform().on(0, |pin| {
+            (pool.alloc(pin, 1).unwrap(), pool.alloc(pin, 2).unwrap())
+        });
         // Code on processor 1 completes work while AddFailure runs elsewhere.
         let frees = {
             let pool = pool.clone();
             thread::spawn(move || {
                 // One pinned batch: the cache is looked up once, before or
                 // after the abort hides it, and used throughout.
-                let on = pin(1);
-                let local = pool.local(&on);
-                // SAFETY: handed out by this pool, checked, freed once.
-                unsafe {
-                    assert_eq!(*x.0.as_ref(), 1);
-                    local.free_raw(x.0);
-                    assert_eq!(*y.0.as_ref(), 2);
-                    local.free_raw(y.0);
-                }
-                let z = local.alloc_raw(3).unwrap();
-                // SAFETY: as above.
-                unsafe {
-                    assert_eq!(*z.as_ref(), 3);
-                    local.free_raw(z);
-                }
+                pool.platform().on(1, |pin| {
+                    let local = pool.local(pin);
+                    assert_eq!((*x, *y), (1, 2));
+                    local.free(x);
+                    local.free(y);
+                    let z = local.alloc_raw(3).unwrap();
+                    // SAFETY: handed out by this pool just now, checked, freed
+                    // once and not used afterwards.
+                    unsafe {
+                        assert_eq!(*z.as_ref(), 3);
+                        local.free_raw(z);
+                    }
+                });
             })
         };
         let abort = {
@@ -200,10 +181,8 @@ fn abort_races_frees_on_the_failing_processor() {
         assert!(pool.processor_stats(cpu(1)).unwrap().retired);
         assert_eq!(stats.outstanding, 0, "{stats:?}");
         // Code pinned there later hands back whatever was stranded.
-        let on = pin(1);
-        let w = alloc(&pool, &on, 4);
-        free(&pool, &on, w, 4);
-        drop(on);
+        let w = alloc(&pool, 1, 4);
+        free(&pool, 1, w, 4);
         assert_eq!(pool.stats().stranded, 0);
         assert_all_back(pool);
     });
@@ -213,12 +192,10 @@ fn abort_races_frees_on_the_failing_processor() {
 fn a_new_add_races_the_owner_handing_back_a_stranded_cache() {
     loom::model(|| {
         let pool = new_pool(4);
-        pool.prepare(cpu(1)).unwrap();
+        prepare(&pool, 1);
         // Processor 1 ran code and cached objects, then its add failed.
-        let on = pin(1);
-        let x = alloc(&pool, &on, 1);
-        free(&pool, &on, x, 1);
-        drop(on);
+        let x = alloc(&pool, 1, 1);
+        free(&pool, 1, x, 1);
         pool.abort(cpu(1)).unwrap();
         assert!(pool.stats().stranded > 0);
         // The next add of processor 1 revives the cache while code pinned there
@@ -226,21 +203,114 @@ fn a_new_add_races_the_owner_handing_back_a_stranded_cache() {
         let owner = {
             let pool = pool.clone();
             thread::spawn(move || {
-                let on = pin(1);
-                let y = alloc(&pool, &on, 2);
-                free(&pool, &on, y, 2);
+                let y = alloc(&pool, 1, 2);
+                free(&pool, 1, y, 2);
             })
         };
-        let add = {
+        let adder = {
             let pool = pool.clone();
-            thread::spawn(move || {
-                pool.prepare(cpu(1)).unwrap();
-                pool.commit(cpu(1)).unwrap();
-            })
+            thread::spawn(move || add(&pool, 1))
         };
         owner.join().unwrap();
-        add.join().unwrap();
+        adder.join().unwrap();
         assert!(!pool.processor_stats(cpu(1)).unwrap().retired);
         assert_all_back(pool);
+    });
+}
+
+/// A pin's exclusivity is what lets a processor's cache and counters change
+/// without interlocked instructions (issue 10). Processor 0 is handed from one
+/// thread to another (the first is joined before the second is spawned) while
+/// a third thread runs on processor 1: both users of processor 0 pop and push
+/// its magazines and add to its counters, an object allocated by the first is
+/// freed by the second, and the figures come out exact. The platform checks
+/// the two pins of processor 0 are ordered; loom checks every cell of the
+/// cache and magazines is.
+#[test]
+fn one_processor_handed_between_threads_keeps_its_cache_and_counters() {
+    loom::model(|| {
+        let pool = new_pool(4);
+        let counters = Arc::new(Counters::new(pool.platform()).unwrap());
+        for i in 0..2 {
+            add(&pool, i);
+            assert_eq!(counters.prepare(cpu(i)).unwrap(), Prepared::New);
+            counters.commit(cpu(i)).unwrap();
+        }
+        // Runs `work` on a new thread pinned to processor `i`.
+        let spawn_on = |i: u32, work: Work| {
+            let (pool, counters) = (pool.clone(), counters.clone());
+            thread::spawn(move || pool.platform().on(i, |pin| work(pin, &pool, &counters)))
+        };
+        // Processor 0's first user keeps an object and leaves one cached.
+        let first = spawn_on(
+            0,
+            Box::new(|pin, pool, counters| {
+                let kept = pool.alloc(pin, 1).unwrap();
+                let cached = pool.alloc(pin, 2).unwrap();
+                pool.free(pin, cached);
+                counters.add(pin, Tally::ops, 3);
+                Some(kept)
+            }),
+        );
+        let other = spawn_on(
+            1,
+            Box::new(|pin, pool, counters| {
+                let a = pool.alloc(pin, 10).unwrap();
+                let b = pool.alloc(pin, 11).unwrap();
+                assert_eq!((*a, *b), (10, 11));
+                pool.free(pin, a);
+                pool.free(pin, b);
+                counters.add(pin, Tally::ops, 100);
+                None
+            }),
+        );
+        let kept = first.join().unwrap().unwrap();
+        // The second user takes the processor over: frees what the first kept,
+        // then allocates twice (its cache, then the depot).
+        let second = spawn_on(
+            0,
+            Box::new(move |pin, pool, counters| {
+                assert_eq!(*kept, 1);
+                pool.free(pin, kept);
+                let c = pool.alloc(pin, 3).unwrap();
+                let d = pool.alloc(pin, 4).unwrap();
+                assert_ne!(&*c as *const u64, &*d as *const u64);
+                assert_eq!((*c, *d), (3, 4));
+                pool.free(pin, c);
+                pool.free(pin, d);
+                counters.add(pin, Tally::ops, 4);
+                counters.local(pin).add(Tally::ops, 5);
+                None
+            }),
+        );
+        assert!(second.join().unwrap().is_none());
+        assert!(other.join().unwrap().is_none());
+        assert_eq!(counters.processor(cpu(0)), Some(Tally { ops: 12 }));
+        assert_eq!(counters.processor(cpu(1)), Some(Tally { ops: 100 }));
+        assert_eq!(counters.sum(Tally::ops), 112);
+        assert_eq!(pool.processor_stats(cpu(0)).unwrap().allocs(), 4);
+        drop(counters);
+        assert_all_back(pool);
+    });
+}
+
+/// The platform's claim is what the model above relies on: two threads on one
+/// processor at once (a broken platform would allow it) fail the model.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn two_threads_pinned_to_one_processor_at_once_fail_the_model() {
+    loom::model(|| {
+        let pool = new_pool(2);
+        add(&pool, 0);
+        let intruder = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let x = alloc(&pool, 0, 1);
+                free(&pool, 0, x, 1);
+            })
+        };
+        let y = alloc(&pool, 0, 2);
+        free(&pool, 0, y, 2);
+        intruder.join().unwrap();
     });
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use loom::thread;
-use perproc::{Component, Error, PerCpu, Platform, ProcessorIndex};
+use perproc::{Error, PerCpu, Platform, ProcessorIndex};
 use perproc_wdk::sim::Kernel;
 use perproc_wdk::{pool_tag, KernelPlatform, PoolAlloc, Registration};
 
@@ -26,20 +26,10 @@ fn expected(cpu: ProcessorIndex) -> Value {
 }
 
 struct Parts {
-    slots: PerCpu<Value, PoolAlloc, Init>,
+    slots: PerCpu<Value, KernelPlatform, PoolAlloc, Init>,
 }
 
-impl Component for Parts {
-    fn prepare(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.slots.prepare(index)
-    }
-    fn commit(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.slots.commit(index)
-    }
-    fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
-        self.slots.abort(index).map(|_| ())
-    }
-}
+perproc::components!(Parts => slots);
 
 /// Under `--cfg perproc_mutant="relaxed_publish"` (the core's publishing
 /// stores weakened to Relaxed) loom must find the reader seeing an unbuilt
@@ -52,7 +42,7 @@ fn start_through_the_callback_races_a_reader_on_another_processor() {
         // DriverEntry on processor 0: the replay prepares and commits it.
         let registration = {
             let _on = kernel.enter().unwrap();
-            let platform = KernelPlatform::new(TAG);
+            let platform = KernelPlatform::new(TAG).unwrap();
             let init: Init = |cpu| Ok(expected(cpu));
             let parts = Parts {
                 slots: PerCpu::new(&platform, init).unwrap(),
@@ -64,7 +54,7 @@ fn start_through_the_callback_races_a_reader_on_another_processor() {
         // the shim's extern "C" callback.
         let adder = {
             let kernel = kernel.clone();
-            thread::spawn(move || kernel.hot_add(0, 1).unwrap().added())
+            thread::spawn(move || kernel.hot_add_index(1).unwrap().added())
         };
         // Processor 0 reads the table meanwhile.
         let reader = {
@@ -80,12 +70,9 @@ fn start_through_the_callback_races_a_reader_on_another_processor() {
                 for (cpu, value) in slots.iter() {
                     assert_eq!(*value, expected(cpu));
                 }
-                let platform = KernelPlatform::new(TAG);
-                let pin = platform.pin();
-                assert_eq!(
-                    *slots.current(&pin).unwrap(),
-                    expected(ProcessorIndex::ZERO)
-                );
+                let platform = KernelPlatform::new(TAG).unwrap();
+                let mine = platform.pinned(|pin| *slots.current(pin).unwrap()).unwrap();
+                assert_eq!(mine, expected(ProcessorIndex::ZERO));
             })
         };
         assert!(adder.join().unwrap());

@@ -3,7 +3,7 @@
 //! prints it).
 #![allow(dead_code)]
 
-use perproc::host::HostAlloc;
+use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::CountingAlloc;
 use perproc::{Error, PerCpu, ProcessorIndex, SlotPadding};
 
@@ -16,9 +16,11 @@ pub fn footprint<T: Default>(
     padding: SlotPadding,
 ) -> Result<(usize, usize, usize), Error> {
     let counting = CountingAlloc::new(HostAlloc);
-    let table = PerCpu::with_capacity_in(capacity, &counting, padding, |_| Ok(T::default()))?;
+    let platform =
+        HostPlatform::new(u32::try_from(capacity).map_err(|_| Error::CapacityOverflow)?)?;
+    let table = PerCpu::with_padding_in(&platform, &counting, padding, |_| Ok(T::default()))?;
     for i in 0..present {
-        table.prepare(ProcessorIndex::from_usize(i).ok_or(Error::CapacityOverflow)?)?;
+        let _ = table.prepare(ProcessorIndex::from_usize(i).ok_or(Error::CapacityOverflow)?)?;
     }
     let measured = (
         counting.live_bytes(),

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::vec::Vec;
 
+use perproc::ProcessorIndex;
+
 use super::pool::PoolState;
 use super::sys::{
     ALL_PROCESSOR_GROUPS, INVALID_PROCESSOR_INDEX, KE_PROCESSOR_CHANGE_ADD_EXISTING,
@@ -140,8 +142,12 @@ impl Journal {
     }
 }
 
+static NEXT_KERNEL: AtomicU64 = AtomicU64::new(1);
+
 /// One simulated machine.
 pub(crate) struct State {
+    /// This machine's identity, unique in the process (platforms compare it).
+    pub(crate) id: u64,
     pub(crate) groups: Vec<u8>,
     pub(crate) max: u32,
     procs: Mutex<Procs>,
@@ -181,6 +187,7 @@ impl State {
         }
         let journal = Arc::new(Journal::default());
         Ok(Self {
+            id: NEXT_KERNEL.fetch_add(1, Ordering::Relaxed),
             groups: groups.to_vec(),
             max,
             procs: Mutex::new(procs),
@@ -422,7 +429,7 @@ impl State {
                 self.deliver(reg, Phase::HotAdd, complete, &mut status, PASSIVE);
             }
             return Ok(AddOutcome {
-                index,
+                index: processor(index),
                 number,
                 result: AddResult::Added,
             });
@@ -445,7 +452,7 @@ impl State {
         }
         lock(&self.procs).remove(index);
         Ok(AddOutcome {
-            index,
+            index: processor(index),
             number,
             result: match vetoer {
                 Some(by) => AddResult::Vetoed {
@@ -553,6 +560,12 @@ impl Procs {
             }
         }
     }
+}
+
+/// A reserved index as the library's type (reserved indexes are below the
+/// maximum count, so never `INVALID_PROCESSOR_INDEX`).
+fn processor(index: u32) -> ProcessorIndex {
+    ProcessorIndex::new(index).unwrap_or(ProcessorIndex::ZERO)
 }
 
 fn notify(

@@ -16,9 +16,11 @@
 //! let kernel = Kernel::new(&[64, 64], 4)?;          // two groups of 64, 4 booted
 //! let _on = kernel.enter()?;                         // this thread runs on processor 0
 //! assert_eq!(unsafe { sys::KeQueryMaximumProcessorCountEx(0xffff) }, 128);
-//! let add = kernel.hot_add(1, 0)?;                   // group 1, number 0
-//! assert_eq!((add.index, add.result), (4, AddResult::Added));
-//! assert_eq!(unsafe { sys::KeQueryActiveProcessorCountEx(0xffff) }, 5);
+//! let add = kernel.hot_add_index(64)?;              // index 64: group 1, number 0
+//! assert_eq!((add.index.get(), add.result), (64, AddResult::Added));
+//! let next = kernel.hot_add_next()?;                 // the first free: (0, 4) at index 4
+//! assert_eq!((next.index.get(), kernel.number_of(4)), (4, Some((0, 4))));
+//! assert_eq!(unsafe { sys::KeQueryActiveProcessorCountEx(0xffff) }, 6);
 //! assert!(kernel.violations().is_empty());
 //! # Ok::<(), perproc_wdk::sim::SimError>(())
 //! ```
@@ -36,9 +38,40 @@ use std::sync::Arc;
 use std::vec::Vec;
 
 use kernel::{lock, State, PASSIVE};
+use perproc::ProcessorIndex;
 use sys::{KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, NTSTATUS, POOL_FLAGS, PROCESSOR_NUMBER};
 
 static ORPHANS: AtomicUsize = AtomicUsize::new(0);
+
+/// A processor index as the simulator's methods accept it: perproc's
+/// [`ProcessorIndex`], or a plain `u32` (what `NtNumber` is), so both
+/// `kernel.enter_on(2)` and `kernel.enter_on(pin.processor())` read naturally.
+pub trait SimIndex: Copy {
+    /// The raw index (`NtNumber`).
+    fn raw(self) -> u32;
+}
+
+impl SimIndex for u32 {
+    fn raw(self) -> u32 {
+        self
+    }
+}
+
+impl SimIndex for ProcessorIndex {
+    fn raw(self) -> u32 {
+        self.get()
+    }
+}
+
+/// Which simulated machine (a [`Kernel`] and its clones); unique in the
+/// process, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelId(u64);
+
+/// The kernel the calling thread runs on (its innermost entry), if any.
+pub(crate) fn entered_kernel() -> Option<KernelId> {
+    tls::with(|cpu| KernelId(cpu.state.id))
+}
 
 fn orphan() {
     ORPHANS.fetch_add(1, Ordering::Relaxed);
@@ -237,8 +270,8 @@ impl HotAdd {
     }
 
     /// At index `index` instead.
-    pub const fn at_index(mut self, index: u32) -> Self {
-        self.index = Some(index);
+    pub fn at_index(mut self, index: impl SimIndex) -> Self {
+        self.index = Some(index.raw());
         self
     }
 
@@ -273,7 +306,7 @@ pub enum AddResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddOutcome {
     /// The index it got (free again unless added).
-    pub index: u32,
+    pub index: ProcessorIndex,
     /// Its group and number.
     pub number: PROCESSOR_NUMBER,
     /// What happened.
@@ -447,6 +480,11 @@ impl Kernel {
         })
     }
 
+    /// This machine's identity (shared by its clones).
+    pub fn id(&self) -> KernelId {
+        KernelId(self.state.id)
+    }
+
     /// The maximum processor count (room for hot-add included).
     pub fn max_processors(&self) -> u32 {
         self.state.max
@@ -458,17 +496,21 @@ impl Kernel {
     }
 
     /// The index of processor (`group`, `number`), if present.
-    pub fn index_of(&self, group: u16, number: u8) -> Option<u32> {
-        self.state.index_of(PROCESSOR_NUMBER {
-            Group: group,
-            Number: number,
-            Reserved: 0,
-        })
+    pub fn index_of(&self, group: u16, number: u8) -> Option<ProcessorIndex> {
+        self.state
+            .index_of(PROCESSOR_NUMBER {
+                Group: group,
+                Number: number,
+                Reserved: 0,
+            })
+            .and_then(ProcessorIndex::new)
     }
 
     /// The (group, number) of processor `index`, if present.
-    pub fn number_of(&self, index: u32) -> Option<(u16, u8)> {
-        self.state.number_of(index).map(|n| (n.Group, n.Number))
+    pub fn number_of(&self, index: impl SimIndex) -> Option<(u16, u8)> {
+        self.state
+            .number_of(index.raw())
+            .map(|n| (n.Group, n.Number))
     }
 
     /// The first (group, number) of the topology not present yet.
@@ -478,7 +520,7 @@ impl Kernel {
 
     /// Runs the calling thread on processor 0 (see [`enter_on`](Self::enter_on)).
     pub fn enter(&self) -> Result<OnProcessor<'_>, SimError> {
-        self.enter_on(0)
+        self.enter_on(ProcessorIndex::ZERO)
     }
 
     /// Runs the calling thread "on" processor `index` until the guard drops:
@@ -489,13 +531,14 @@ impl Kernel {
     /// # Errors
     /// [`SimError::NotPresent`] unless the processor is present (booted, or
     /// added at least up to its AddStart).
-    pub fn enter_on(&self, index: u32) -> Result<OnProcessor<'_>, SimError> {
-        if !self.state.is_present(index) {
+    pub fn enter_on(&self, index: impl SimIndex) -> Result<OnProcessor<'_>, SimError> {
+        let index = ProcessorIndex::new(index.raw()).ok_or(SimError::NotPresent)?;
+        if !self.state.is_present(index.get()) {
             return Err(SimError::NotPresent);
         }
         let pushed = tls::push(tls::Cpu {
             state: Arc::clone(&self.state),
-            index,
+            index: index.get(),
             irql: PASSIVE,
             callbacks: Vec::new(),
         });
@@ -514,7 +557,7 @@ impl Kernel {
     pub fn spawn_on<'scope, 'env, T, F>(
         &'scope self,
         scope: &'scope std::thread::Scope<'scope, 'env>,
-        index: u32,
+        index: impl SimIndex + Send + 'scope,
         f: F,
     ) -> std::thread::ScopedJoinHandle<'scope, Result<T, SimError>>
     where
@@ -537,15 +580,42 @@ impl Kernel {
         *lock(&self.state.policy) = policy;
     }
 
-    /// Hot-adds processor `number` of `group` at the lowest free index.
-    pub fn hot_add(&self, group: u16, number: u8) -> Result<AddOutcome, SimError> {
+    /// Hot-adds exactly processor `index`, as the topology numbers it: the
+    /// `index`-th (group, number) counting group 0 first (so index 70 of
+    /// groups of 64 is group 1, number 6), at index `index`.
+    ///
+    /// # Errors
+    /// As for [`hot_add_with`](Self::hot_add_with); [`SimError::IndexOutOfRange`]
+    /// past the maximum count.
+    pub fn hot_add_index(&self, index: impl SimIndex) -> Result<AddOutcome, SimError> {
+        let raw = index.raw();
+        let mut first = 0u32;
+        for (group, &size) in self.state.groups.iter().enumerate() {
+            let end = first.saturating_add(u32::from(size));
+            if raw < end {
+                let group = u16::try_from(group).map_err(|_| SimError::NoSuchProcessor)?;
+                let number =
+                    u8::try_from(raw.wrapping_sub(first)).map_err(|_| SimError::NoSuchProcessor)?;
+                return self.hot_add_with(HotAdd::new(group, number).at_index(raw));
+            }
+            first = end;
+        }
+        Err(SimError::IndexOutOfRange)
+    }
+
+    /// Hot-adds processor `number` of `group`, giving it the lowest free index
+    /// (which need not be its position in the topology: see
+    /// [`hot_add_index`](Self::hot_add_index) for that).
+    pub fn hot_add_at_lowest_index(&self, group: u16, number: u8) -> Result<AddOutcome, SimError> {
         self.hot_add_with(HotAdd::new(group, number))
     }
 
-    /// Hot-adds the first processor of the topology not present yet.
+    /// Hot-adds the first (group, number) of the topology not present yet, at
+    /// the lowest free index (on a machine booted by [`Kernel::new`] and grown
+    /// only this way, the two agree).
     pub fn hot_add_next(&self) -> Result<AddOutcome, SimError> {
         let (group, number) = self.next_free().ok_or(SimError::Full)?;
-        self.hot_add(group, number)
+        self.hot_add_at_lowest_index(group, number)
     }
 
     /// Hot-adds a processor: makes it present (its index resolves), delivers
@@ -623,13 +693,13 @@ impl Kernel {
 /// Neither `Send` nor `Sync`.
 pub struct OnProcessor<'a> {
     kernel: &'a Kernel,
-    index: u32,
+    index: ProcessorIndex,
     _thread: PhantomData<*const ()>,
 }
 
 impl OnProcessor<'_> {
     /// The processor.
-    pub fn index(&self) -> u32 {
+    pub fn index(&self) -> ProcessorIndex {
         self.index
     }
 }
@@ -648,7 +718,7 @@ impl Drop for OnProcessor<'_> {
         let Some(cpu) = tls::pop() else {
             return;
         };
-        if !Arc::ptr_eq(&cpu.state, state) || cpu.index != self.index {
+        if !Arc::ptr_eq(&cpu.state, state) || cpu.index != self.index.get() {
             state.violate(Violation::UnbalancedEnter);
         }
         if cpu.irql != PASSIVE {
