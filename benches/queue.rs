@@ -21,11 +21,14 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use perproc::host::{HostAlloc, HostPlatform};
-use perproc::{CounterId, PerCpuCounters, PerCpuQueue, Platform, ProcessorIndex};
+use perproc::host::HostPlatform;
+use perproc::{PerCpuCounters, PerCpuQueue, Platform, ProcessorIndex};
 
 const CAPACITY: usize = 1024;
-const ADDS: CounterId<1> = CounterId::at::<0>();
+
+perproc::counters! {
+    struct Ops { adds }
+}
 
 fn cpu(i: u32) -> ProcessorIndex {
     ProcessorIndex::new(i).unwrap()
@@ -58,9 +61,9 @@ fn on_threads(
 
 fn queues(c: &mut Criterion) {
     let platform = HostPlatform::new(2).unwrap();
-    let queue: PerCpuQueue<u64, HostAlloc> = PerCpuQueue::new(&platform, CAPACITY).unwrap();
+    let queue: PerCpuQueue<u64, HostPlatform> = PerCpuQueue::new(&platform, CAPACITY).unwrap();
     for i in 0..2 {
-        queue.prepare(cpu(i)).unwrap();
+        let _ = queue.prepare(cpu(i)).unwrap();
         queue.commit(cpu(i)).unwrap();
     }
     let global = spin::Mutex::new(VecDeque::<u64>::with_capacity(CAPACITY));
@@ -71,14 +74,17 @@ fn queues(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("perproc", threads), |b| {
             b.iter_custom(|iters| {
                 on_threads(&platform, threads, iters, &|me, iters| {
-                    let pin = platform.pin();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        queue.push(&pin, black_box(i)).unwrap();
-                        black_box(queue.pop(me));
-                    }
-                    start.elapsed()
+                    platform
+                        .pinned(|pin| {
+                            barrier.wait();
+                            let start = Instant::now();
+                            for i in 0..iters {
+                                queue.push(pin, black_box(i)).unwrap();
+                                black_box(queue.pop(me));
+                            }
+                            start.elapsed()
+                        })
+                        .unwrap()
                 })
             })
         });
@@ -86,15 +92,18 @@ fn queues(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("perproc_held_consumer", threads), |b| {
             b.iter_custom(|iters| {
                 on_threads(&platform, threads, iters, &|me, iters| {
-                    let pin = platform.pin();
-                    let mut consumer = queue.consumer(me).unwrap();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        queue.push(&pin, black_box(i)).unwrap();
-                        black_box(consumer.pop());
-                    }
-                    start.elapsed()
+                    platform
+                        .pinned(|pin| {
+                            let mut consumer = queue.consumer(me).unwrap();
+                            barrier.wait();
+                            let start = Instant::now();
+                            for i in 0..iters {
+                                queue.push(pin, black_box(i)).unwrap();
+                                black_box(consumer.pop());
+                            }
+                            start.elapsed()
+                        })
+                        .unwrap()
                 })
             })
         });
@@ -121,21 +130,24 @@ fn queues(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("perproc", threads), |b| {
             b.iter_custom(|iters| {
                 on_threads(&platform, threads, iters, &|me, iters| {
-                    let pin = platform.pin();
-                    barrier.wait();
-                    let start = Instant::now();
-                    let mut left = iters;
-                    while left > 0 {
-                        let n = left.min(32);
-                        for i in 0..n {
-                            queue.push(&pin, black_box(i)).unwrap();
-                        }
-                        for item in queue.drain(me) {
-                            black_box(item);
-                        }
-                        left -= n;
-                    }
-                    start.elapsed()
+                    platform
+                        .pinned(|pin| {
+                            barrier.wait();
+                            let start = Instant::now();
+                            let mut left = iters;
+                            while left > 0 {
+                                let n = left.min(32);
+                                for i in 0..n {
+                                    queue.push(pin, black_box(i)).unwrap();
+                                }
+                                for item in queue.drain(me) {
+                                    black_box(item);
+                                }
+                                left -= n;
+                            }
+                            start.elapsed()
+                        })
+                        .unwrap()
                 })
             })
         });
@@ -167,9 +179,9 @@ fn queues(c: &mut Criterion) {
 
 fn counters(c: &mut Criterion) {
     let platform = HostPlatform::new(2).unwrap();
-    let stats = PerCpuCounters::<1, _>::new(&platform).unwrap();
+    let stats = PerCpuCounters::<Ops, _>::new(&platform).unwrap();
     for i in 0..2 {
-        stats.prepare(cpu(i)).unwrap();
+        let _ = stats.prepare(cpu(i)).unwrap();
         stats.commit(cpu(i)).unwrap();
     }
     let mut group = c.benchmark_group("counter_add");
@@ -178,13 +190,16 @@ fn counters(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("perproc", threads), |b| {
             b.iter_custom(|iters| {
                 on_threads(&platform, threads, iters, &|_, iters| {
-                    let pin = platform.pin();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        stats.add(&pin, ADDS, black_box(1));
-                    }
-                    start.elapsed()
+                    platform
+                        .pinned(|pin| {
+                            barrier.wait();
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                stats.add(pin, Ops::adds, black_box(1));
+                            }
+                            start.elapsed()
+                        })
+                        .unwrap()
                 })
             })
         });
@@ -192,14 +207,17 @@ fn counters(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 on_threads(&platform, threads, iters, &|_, iters| {
                     // A DPC's batch: the block looked up once under the pin.
-                    let pin = platform.pin();
-                    let local = stats.local(&pin);
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        local.add(ADDS, black_box(1));
-                    }
-                    start.elapsed()
+                    platform
+                        .pinned(|pin| {
+                            let local = stats.local(pin);
+                            barrier.wait();
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                local.add(Ops::adds, black_box(1));
+                            }
+                            start.elapsed()
+                        })
+                        .unwrap()
                 })
             })
         });
@@ -239,7 +257,7 @@ fn counters(c: &mut Criterion) {
         });
     }
     group.finish();
-    assert!(stats.sum(ADDS) > 0);
+    assert!(stats.sum(Ops::adds) > 0);
 }
 
 criterion_group! {

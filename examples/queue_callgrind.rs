@@ -17,14 +17,19 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::process::ExitCode;
 
-use perproc::host::{HostAlloc, HostGuard, HostPlatform};
-use perproc::{CounterId, PerCpuCounters, PerCpuQueue, Platform, ProcessorIndex};
+use perproc::host::HostPlatform;
+use perproc::{PerCpuCounters, PerCpuQueue, PinGuard, Platform, ProcessorIndex};
 
 const ITERATIONS: u64 = 100_000;
-const ADDS: CounterId<1> = CounterId::at::<0>();
+
+perproc::counters! {
+    struct Ops { adds }
+}
+
+type Pin<'a> = PinGuard<'a, HostPlatform>;
 
 #[inline(never)]
-fn perproc_queue_pairs(queue: &PerCpuQueue<u64, HostAlloc>, pin: &HostGuard<'_>, n: u64) -> u64 {
+fn perproc_queue_pairs(queue: &PerCpuQueue<u64, HostPlatform>, pin: &Pin<'_>, n: u64) -> u64 {
     let mut sum = 0;
     for i in 0..n {
         if queue.push(pin, black_box(i)).is_err() {
@@ -37,8 +42,8 @@ fn perproc_queue_pairs(queue: &PerCpuQueue<u64, HostAlloc>, pin: &HostGuard<'_>,
 
 #[inline(never)]
 fn perproc_held_consumer_pairs(
-    queue: &PerCpuQueue<u64, HostAlloc>,
-    pin: &HostGuard<'_>,
+    queue: &PerCpuQueue<u64, HostPlatform>,
+    pin: &Pin<'_>,
     n: u64,
 ) -> u64 {
     let Some(mut consumer) = queue.consumer(ProcessorIndex::ZERO) else {
@@ -65,9 +70,9 @@ fn spin_vecdeque_pairs(queue: &spin::Mutex<VecDeque<u64>>, n: u64) -> u64 {
 }
 
 #[inline(never)]
-fn perproc_counter_adds(stats: &PerCpuCounters<1, HostAlloc>, pin: &HostGuard<'_>, n: u64) {
+fn perproc_counter_adds(stats: &PerCpuCounters<Ops, HostPlatform>, pin: &Pin<'_>, n: u64) {
     for _ in 0..n {
-        stats.add(pin, ADDS, black_box(1));
+        stats.add(pin, Ops::adds, black_box(1));
     }
 }
 
@@ -86,26 +91,29 @@ fn main() -> ExitCode {
     };
     let platform = HostPlatform::new(1).expect("platform");
     let queue = PerCpuQueue::new(&platform, 1024).expect("queue");
-    let stats = PerCpuCounters::<1, _>::new(&platform).expect("counters");
-    queue.prepare(ProcessorIndex::ZERO).expect("prepare");
-    stats.prepare(ProcessorIndex::ZERO).expect("prepare");
+    let stats = PerCpuCounters::<Ops, _>::new(&platform).expect("counters");
+    let _ = queue.prepare(ProcessorIndex::ZERO).expect("prepare");
+    let _ = stats.prepare(ProcessorIndex::ZERO).expect("prepare");
     let global = spin::Mutex::new(VecDeque::with_capacity(1024));
     let mut plain = 0;
 
-    let pin = platform.pin();
     let expected = n * (n - 1) / 2;
-    let pairs = perproc_queue_pairs(&queue, &pin, n);
-    let held_pairs = perproc_held_consumer_pairs(&queue, &pin, n);
+    let (pairs, held_pairs) = platform
+        .pinned(|pin| {
+            let pairs = perproc_queue_pairs(&queue, pin, n);
+            let held_pairs = perproc_held_consumer_pairs(&queue, pin, n);
+            perproc_counter_adds(&stats, pin, n);
+            (pairs, held_pairs)
+        })
+        .expect("pin");
     let baseline_pairs = spin_vecdeque_pairs(&global, n);
-    perproc_counter_adds(&stats, &pin, n);
     plain_counter_adds(&mut plain, n);
-    drop(pin);
 
     println!("{n} iterations of each loop");
     let ok = pairs == expected
         && held_pairs == expected
         && baseline_pairs == expected
-        && stats.sum(ADDS) == n
+        && stats.sum(Ops::adds) == n
         && plain == n
         && queue.total_len() == 0;
     if ok {
@@ -114,7 +122,7 @@ fn main() -> ExitCode {
     } else {
         eprintln!(
             "wrong results: pairs {pairs} / {held_pairs} / {baseline_pairs} (want {expected}), adds {} / {plain} (want {n})",
-            stats.sum(ADDS)
+            stats.sum(Ops::adds)
         );
         ExitCode::FAILURE
     }

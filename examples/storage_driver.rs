@@ -11,7 +11,7 @@
 //! it allocates requests from the per-CPU pool (owned `PoolBox`es) and queues
 //! them on its own processor, then plays the completion DPC for another
 //! processor's queue, completing and freeing those requests (remote frees).
-//! No `unsafe` anywhere. Meanwhile processors are hot-added up
+//! All of it is safe code. Meanwhile processors are hot-added up
 //! to 64 across two groups; one add is vetoed by an injected allocation failure
 //! (the queue's memory for the new processor), rolled back, and retried. At the
 //! end everything left is completed and the driver unloads.

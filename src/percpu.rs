@@ -380,6 +380,14 @@ impl<T: Zeroable, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, InPlace<F>>
 where
     F: Fn(ProcessorIndex, &mut T) -> Result<(), Error>,
 {
+    /// [`new_zeroed`](PerCpu::new_zeroed) with memory from `alloc`.
+    ///
+    /// # Errors
+    /// As [`new`](PerCpu::new).
+    pub fn new_zeroed_in(platform: &P, alloc: A, init: F) -> Result<Self, Error> {
+        Self::with_padding_in(platform, alloc, SlotPadding::CacheLine, InPlace(init))
+    }
+
     /// AddStart for a container built in place: the value is zeroed in its slot
     /// and filled in there by the constructor; otherwise as for a container of
     /// [`new`](PerCpu::new) (idempotent, revives a retired slot as is).

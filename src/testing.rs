@@ -3,9 +3,9 @@
 //! Both wrap another [`RawAlloc`] and nest, so a fault-injection sweep reads:
 //!
 //! ```
-//! use perproc::host::HostAlloc;
+//! use perproc::host::{HostAlloc, HostPlatform};
 //! use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
-//! use perproc::{PerCpu, ProcessorIndex, SlotPadding};
+//! use perproc::{PerCpu, ProcessorIndex};
 //!
 //! // Fail each allocation of "create a container and prepare two processors" in
 //! // turn; after each run nothing may be live.
@@ -14,9 +14,9 @@
 //!     let alloc = FailingAlloc::new(&counting);
 //!     alloc.plan(FailPlan::Once(k));
 //!     let run = || -> Result<(), perproc::Error> {
-//!         let table = PerCpu::with_capacity_in(8, &alloc, SlotPadding::CacheLine, |_| Ok(0u32))?;
+//!         let table = PerCpu::new_in(&HostPlatform::new(8)?, &alloc, |_| Ok(0u32))?;
 //!         for i in 0..2 {
-//!             table.prepare(ProcessorIndex::new(i).unwrap())?;
+//!             let _ = table.prepare(ProcessorIndex::new(i).unwrap())?;
 //!         }
 //!         Ok(())
 //!     };

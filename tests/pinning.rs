@@ -9,7 +9,8 @@ use common::{cpu, Built};
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::CountingAlloc;
 use perproc::{
-    InitFn, Limits, PerCpu, PerCpuPool, PinError, Platform, Prepared, ProcessorIndex, SlotState,
+    InitFn, Limits, PerCpu, PerCpuCounters, PerCpuPool, PinError, Platform, Prepared,
+    ProcessorIndex, SlotState,
 };
 
 /// One of several simulated machines in one process, told apart by `id`.
@@ -186,4 +187,42 @@ fn the_pool_serves_another_machines_pin_from_its_depot() {
     assert_eq!(pool.stats().direct_allocs, 5);
     assert_eq!(pool.teardown(), 0);
     assert_eq!(counting.live_blocks(), 0);
+}
+
+perproc::counters! {
+    struct Io { submitted, bytes }
+}
+
+#[test]
+fn counters_count_another_machines_pin_as_unplaced() {
+    let (a, b) = (Machine::new(1, 4), Machine::new(2, 4));
+    let stats = PerCpuCounters::<Io, _>::new(&a).unwrap();
+    assert_eq!(stats.prepare(cpu(1)), Ok(Prepared::New));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            a.host.bind_current_thread(cpu(1)).unwrap();
+            b.pinned(|pin| {
+                stats.add(pin, Io::submitted, 1);
+                stats.local(pin).add(Io::bytes, 512);
+            })
+            .unwrap();
+            a.pinned(|pin| stats.add(pin, Io::bytes, 4096)).unwrap();
+        });
+    });
+    // Processor 1's own block saw only its own machine's pin.
+    let one = stats.processor(cpu(1)).unwrap();
+    assert_eq!((one.submitted, one.bytes), (0, 4096), "{one:?}");
+    let unplaced = stats.unplaced();
+    assert_eq!(
+        (unplaced.submitted, unplaced.bytes),
+        (1, 512),
+        "{unplaced:?}"
+    );
+    assert_eq!(
+        stats.sums(),
+        Io {
+            submitted: 1,
+            bytes: 4608
+        }
+    );
 }

@@ -1,6 +1,7 @@
 //! Per-CPU queue operations (push, pop, drain, drain_all on several
 //! processors; hot-add Start/Complete/Failure; injected allocation failures)
-//! against a plain model: per processor a state and a `VecDeque`.
+//! against a plain model: per processor a state and a `VecDeque`; the run ends
+//! with a teardown that must hand back exactly what the model still holds.
 #![no_main]
 
 use std::collections::VecDeque;
@@ -10,7 +11,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
-use perproc::{Component, Error, PerCpuQueue, Platform, ProcessorIndex, SlotState};
+use perproc::{Component, Error, PerCpuQueue, Platform, Prepared, ProcessorIndex, SlotState};
 
 /// Processors the queue has room for; index `CPUS` is out of range on purpose.
 const CPUS: u32 = 4;
@@ -126,10 +127,13 @@ fn ids(items: impl IntoIterator<Item = Item>) -> Vec<u64> {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let platform = HostPlatform::new(CPUS + 1).unwrap();
+    // Room for `CPUS` processors; `CPUS` itself is bound to, to pin past the
+    // table (binding checks against this platform's maximum only).
+    let platform = HostPlatform::new(CPUS).unwrap();
+    let binder = HostPlatform::new(CPUS + 1).unwrap();
     let counting = CountingAlloc::new(HostAlloc);
     let alloc = FailingAlloc::new(&counting);
-    let queue = PerCpuQueue::<Item, _>::with_capacity_in(CPUS as usize, CAPACITY, &alloc).unwrap();
+    let queue = PerCpuQueue::<Item, _, _>::new_in(&platform, &alloc, CAPACITY).unwrap();
     let mut model = Model {
         state: vec![State::Absent; CPUS as usize],
         items: vec![VecDeque::new(); CPUS as usize],
@@ -141,13 +145,14 @@ fuzz_target!(|ops: Vec<Op>| {
         match op {
             Op::Push { cpu } => {
                 let cpu = index(cpu);
-                platform
+                binder
                     .bind_current_thread(ProcessorIndex::new(cpu).unwrap())
                     .unwrap();
-                let pin = platform.pin();
                 let id = next_id;
                 next_id += 1;
-                let result = queue.push(&pin, Item::new(id));
+                let result = platform
+                    .pinned(|pin| queue.push(pin, Item::new(id)))
+                    .unwrap();
                 if !model.published(cpu) {
                     let refused = result.unwrap_err();
                     assert_eq!(refused.error, Error::NotPrepared);
@@ -178,8 +183,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Consume { cpu, take, push } => {
                 let cpu = index(cpu);
                 let i = ProcessorIndex::new(cpu).unwrap();
-                platform.bind_current_thread(i).unwrap();
-                let pin = platform.pin();
+                binder.bind_current_thread(i).unwrap();
                 let Some(mut consumer) = queue.consumer(i) else {
                     assert!(!model.has_queue(cpu));
                     continue;
@@ -187,24 +191,28 @@ fuzz_target!(|ops: Vec<Op>| {
                 assert!(model.has_queue(cpu));
                 assert!(queue.consumer(i).is_none(), "one consumer at a time");
                 assert!(queue.pop(i).is_none(), "held");
-                for n in 0..take {
-                    if n < push {
-                        let id = next_id;
-                        next_id += 1;
-                        let result = queue.push(&pin, Item::new(id));
-                        let room = model.items[cpu as usize].len() < CAPACITY;
-                        if model.published(cpu) && room {
-                            result.unwrap();
-                            model.items[cpu as usize].push_back(id);
-                        } else {
-                            assert!(result.is_err());
+                platform
+                    .pinned(|pin| {
+                        for n in 0..take {
+                            if n < push {
+                                let id = next_id;
+                                next_id += 1;
+                                let result = queue.push(pin, Item::new(id));
+                                let room = model.items[cpu as usize].len() < CAPACITY;
+                                if model.published(cpu) && room {
+                                    result.unwrap();
+                                    model.items[cpu as usize].push_back(id);
+                                } else {
+                                    assert!(result.is_err());
+                                }
+                            }
+                            assert_eq!(
+                                consumer.pop().map(|item| item.0),
+                                model.take(cpu, 1).first().copied()
+                            );
                         }
-                    }
-                    assert_eq!(
-                        consumer.pop().map(|item| item.0),
-                        model.take(cpu, 1).first().copied()
-                    );
-                }
+                    })
+                    .unwrap();
             }
             Op::DrainAll { take } => {
                 let got: Vec<(u32, u64)> = queue
@@ -223,8 +231,8 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Start { cpu, fail } => {
                 let cpu = index(cpu);
                 let i = ProcessorIndex::new(cpu).unwrap();
-                // A Start from Absent allocates the cells (0), then the slot (1);
-                // any other Start allocates nothing.
+                // A Start from Absent allocates the slot (0), then, inside its
+                // build, the cells (1); any other Start allocates nothing.
                 let fail = fail.map(|k| usize::from(k % 3));
                 if let Some(k) = fail {
                     alloc.plan(FailPlan::Once(k));
@@ -245,15 +253,15 @@ fuzz_target!(|ops: Vec<Op>| {
                         assert_eq!(result, Err(Error::OutOfMemory));
                     }
                     State::Absent => {
-                        result.unwrap();
+                        assert_eq!(result, Ok(Prepared::New));
                         model.state[cpu as usize] = State::Prepared;
                         model.built.push(cpu);
                     }
                     State::Retired => {
-                        result.unwrap();
+                        assert_eq!(result, Ok(Prepared::New));
                         model.state[cpu as usize] = State::Prepared;
                     }
-                    State::Prepared | State::Online => result.unwrap(),
+                    State::Prepared | State::Online => assert_eq!(result, Ok(Prepared::Already)),
                 }
             }
             Op::Complete { cpu } => {
@@ -327,11 +335,20 @@ fuzz_target!(|ops: Vec<Op>| {
         );
     }
 
-    drop(queue);
+    // Teardown hands back exactly what the model holds: processors in index
+    // order, each queue oldest first; then nothing is alive.
+    let mut want = Vec::new();
+    for cpu in 0..CPUS {
+        want.extend(model.take(cpu, CAPACITY).into_iter().map(|id| (cpu, id)));
+    }
+    let left = queue.teardown();
+    assert_eq!(left.len(), want.len());
+    let got: Vec<(u32, u64)> = left.map(|(i, item)| (i.get(), item.0)).collect();
+    assert_eq!(got, want);
     assert_eq!(
         LIVE.load(Ordering::SeqCst),
         0,
-        "the queue's drop dropped every item once"
+        "teardown handed back every item once"
     );
     assert_eq!(counting.live_blocks(), 0, "nothing leaked");
 });

@@ -2,19 +2,7 @@
 //! [`Counter`] (one counter of a set, checked when it is made) and the
 //! [`counters!`](crate::counters) macro that declares a set by its names.
 //!
-//! # Why a macro and not `CounterId<N>` constants
-//!
-//! A block of `N` anonymous counters made every driver write one constant per
-//! counter, each repeating `N` (`const SUBMITTED: CounterId<3> = ...`), and
-//! read sums back by position (`let [submitted, completed, _] = sums()`):
-//! adding a counter edited every one of those lines, and two positions could
-//! be swapped silently. A typed struct alone would need the driver to number
-//! its fields by hand. The macro writes both from one list of names: the
-//! snapshot struct (named `u64` fields, what [`sums`](crate::PerCpuCounters::sums)
-//! returns) and one [`Counter`] constant per field, numbered by the field's
-//! position, so adding a counter is one word in one line, and the count is
-//! never written down. It is a declarative macro (no proc-macro crate to
-//! build for a driver) and generates no `unsafe`.
+//! Why a macro: see [`counters!`](crate::counters).
 
 use core::marker::PhantomData;
 
@@ -230,6 +218,20 @@ impl<S> core::fmt::Debug for Counter<S> {
 /// assert_eq!(IoStats::backpressure.name(), Some("backpressure"));
 /// # Ok::<(), perproc::Error>(())
 /// ```
+///
+/// # Why a macro, and not `CounterId<N>` constants
+///
+/// A block of `N` anonymous counters made every driver write one constant per
+/// counter, each repeating `N` (`const SUBMITTED: CounterId<3> = ...`), and
+/// read sums back by position (`let [submitted, completed, _] = sums()`):
+/// adding a counter edited every one of those lines, and two positions could
+/// be swapped silently. A typed struct alone would need the driver to number
+/// its fields by hand. The macro writes both from one list of names: the
+/// snapshot struct (named `u64` fields, what [`sums`](crate::PerCpuCounters::sums)
+/// returns) and one [`Counter`] constant per field, numbered by the field's
+/// position, so adding a counter is one word in one line, and the count is
+/// never written down. It is a declarative macro (no proc-macro crate to
+/// build for a driver) and generates no `unsafe`.
 ///
 /// The struct derives `Clone`, `Copy`, `Debug`, `Default`, `PartialEq`, `Eq`
 /// and `Hash`, and is `#[repr(C)]` (a field's position is its counter's).

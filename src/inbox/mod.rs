@@ -41,8 +41,8 @@
 //! back with [`Error::NotPrepared`]. An abort hides the inbox but keeps it,
 //! items included: a push that found the inbox just before the abort lands in
 //! it afterwards, so **items in an aborted processor's inbox are still queued**.
-//! [`abort`](PerCpuInbox::abort) drains what is there; [`leftovers`]
-//! (PerCpuInbox::leftovers) takes what arrived since, from every aborted
+//! [`abort`](PerCpuInbox::abort) drains what is there;
+//! [`leftovers`](PerCpuInbox::leftovers) takes what arrived since, from every aborted
 //! processor; a later add of the processor gets its inbox back as it was.
 //!
 //! # Moving a flow without reordering it
@@ -82,8 +82,8 @@ use core::fmt;
 
 use self::ring::{Claim, InboxShape, Ring};
 use crate::{
-    Component, Error, InitFn, Iter, PerCpu, PinGuard, Platform, Prepared, ProcessorIndex, PushError,
-    RawAlloc, SlotPadding, SlotState,
+    Component, Error, InitFn, Iter, PerCpu, PinGuard, Platform, Prepared, ProcessorIndex,
+    PushError, RawAlloc, SlotPadding, SlotState,
 };
 
 /// Where an item pushed by [`PerCpuInbox::push_to`] went: its processor and
@@ -319,8 +319,8 @@ where
         PerCpuInbox::commit(self, index)
     }
 
-    /// Hides the inbox; its items stay queued until [`leftovers`]
-    /// (PerCpuInbox::leftovers), [`drain_all`](PerCpuInbox::drain_all) or the
+    /// Hides the inbox; its items stay queued until
+    /// [`leftovers`](PerCpuInbox::leftovers), [`drain_all`](PerCpuInbox::drain_all) or the
     /// processor's next add.
     fn abort(&self, index: ProcessorIndex) -> Result<(), Error> {
         self.rings.abort(index).map(|_| ())

@@ -58,7 +58,8 @@ pub(super) struct Entry<T> {
 struct ConsumerSide {
     /// The claim: set while one consumer takes items.
     busy: AtomicBool,
-    /// Position of the next item to take; read and written only under the claim.
+    /// Position of the next item to take, as the last claim left it; read and
+    /// written only under the claim.
     head: UnsafeCell<usize>,
     /// `head` as of the last claim's end, published for steering hand-overs:
     /// every item below it was taken *and* the consumer that took it finished
@@ -178,7 +179,12 @@ impl<T> Ring<T> {
         // SAFETY: `head` is touched only under the claim, which we hold; the
         // claim's acquire made the previous holder's writes visible.
         let head = self.consumer.head.with(|head| unsafe { *head });
-        Some(Claim { ring: self, head })
+        Some(Claim {
+            ring: self,
+            entries: self.entries,
+            mask: self.mask,
+            head,
+        })
     }
 
     /// Items queued now (a snapshot; may count items being pushed).
@@ -224,15 +230,23 @@ impl<T> Ring<T> {
 /// published) on drop.
 pub(super) struct Claim<'a, T> {
     ring: &'a Ring<T>,
-    /// Next position to take (written back to the ring per item).
+    /// The ring's `entries` and `mask`, copied: a pop's stores to the ring
+    /// would otherwise make the compiler load them again for every item.
+    entries: NonNull<Entry<T>>,
+    mask: usize,
+    /// Next position to take (written back to the ring when the claim ends).
     head: usize,
 }
 
 impl<T> Claim<'_, T> {
     /// Takes the oldest item if it is fully pushed. No interlocked instruction.
     pub(super) fn take(&mut self) -> Option<T> {
-        let entry = self.ring.entry(self.head);
-        if entry.seq.load(Ordering::Acquire) != self.head.wrapping_add(1) {
+        // SAFETY: the ring's own block and mask (see `Ring::entry`): `head &
+        // mask` is in bounds, initialised in `new`, and alive while the ring is
+        // borrowed.
+        let entry = unsafe { self.entries.add(self.head & self.mask).as_ref() };
+        let next = self.head.wrapping_add(1);
+        if entry.seq.load(Ordering::Acquire) != next {
             // Empty, or the next producer has its position but has not
             // finished writing: a later take finds it.
             return None;
@@ -244,22 +258,24 @@ impl<T> Claim<'_, T> {
         let item = entry
             .item
             .with_mut(|slot| unsafe { (*slot).assume_init_read() });
-        let next = self.head.wrapping_add(1);
         // Free the entry for the producer of position `head + entries`.
         entry
             .seq
-            .store(self.head.wrapping_add(self.ring.mask).wrapping_add(1), Ordering::Release);
+            .store(next.wrapping_add(self.mask), Ordering::Release);
+        // Written back to the ring when the claim ends, not per item: a claim
+        // that is leaked (`mem::forget`) never releases `busy`, so no one reads
+        // the ring's `head` again (its items leak; none is taken twice).
         self.head = next;
-        // Per item, not at the end: a claim that is leaked (`mem::forget`) must
-        // never leave an item both taken and still queued.
-        // SAFETY: written only under the claim, which we hold.
-        self.ring.consumer.head.with_mut(|head| unsafe { *head = next });
         Some(item)
     }
 }
 
 impl<T> Drop for Claim<'_, T> {
     fn drop(&mut self) {
+        let head = self.head;
+        // SAFETY: written only under the claim, which we hold until the release
+        // store of `busy` below hands it (and this write) to the next holder.
+        self.ring.consumer.head.with_mut(|at| unsafe { *at = head });
         self.ring
             .consumer
             .delivered
