@@ -151,3 +151,80 @@ fn a_push_racing_the_hot_add_of_its_target_lands_in_the_new_inbox() {
         assert_eq!(got, [5]);
     });
 }
+
+/// A flow's state, written by whichever processor processes the flow's
+/// packets; loom reports two accesses that are not ordered by happens-before.
+struct Flow(loom::cell::UnsafeCell<u64>);
+
+// SAFETY: the cell is only reached through `with_mut`, whose accesses loom
+// tracks: a model in which two threads touch it unordered fails (that is what
+// the hand-over model checks), so sharing it never hides a race.
+unsafe impl Sync for Flow {}
+
+impl Flow {
+    /// Processes packet `seq` of the flow: it must be the next one.
+    fn process(&self, seq: u64) {
+        // SAFETY: loom checks that this access is ordered after every earlier
+        // one (the model fails otherwise); the pointer is the cell's own.
+        self.0.with_mut(|last| unsafe {
+            assert_eq!(*last + 1, seq, "packet {seq} processed out of order");
+            *last = seq;
+        });
+    }
+}
+
+/// Consumes the one packet queued on processor `owner` (pushed before this
+/// DPC started), processing it inside the batch.
+fn process_one(platform: &LoomPlatform, owner: u32, inbox: &Inbox, flow: &Flow) {
+    let done = platform.on(owner, |pin| {
+        let mut consumer = inbox.consumer(pin)?;
+        let seq = consumer.pop()?;
+        flow.process(seq);
+        Some(())
+        // The consumer drops here: the batch ends, delivery published.
+    });
+    assert!(done.is_some(), "the packet pushed before the DPC started");
+}
+
+/// The steering hand-over: a flow moves from processor 1 to processor 2 once
+/// `is_delivered` says processor 1 finished with its last packet; processor
+/// 2's processing of the next packet is then ordered after processor 1's.
+/// (Processor 2's DPC starts after the push, so only the delivered watermark
+/// orders the two: the publication of the item itself is the other models'.)
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn a_flow_moved_after_its_last_ticket_is_delivered_stays_in_order() {
+    loom::model(|| {
+        let platform = LoomPlatform::new(3).unwrap();
+        let inbox = inbox(&platform, 2);
+        for i in [1, 2] {
+            assert_eq!(inbox.prepare(cpu(i)).unwrap(), Prepared::New);
+        }
+        let flow = Arc::new(Flow(loom::cell::UnsafeCell::new(0)));
+        let dpc = |owner: u32| {
+            let (platform, inbox, flow) = (platform.clone(), inbox.clone(), flow.clone());
+            thread::spawn(move || process_one(&platform, owner, &inbox, &flow))
+        };
+        // The receive DPC on processor 0 steers packet 1 to processor 1 ...
+        platform.on(0, |_| ());
+        let ticket = platform
+            .pinned(|pin| inbox.push_to(pin, cpu(1), 1))
+            .unwrap()
+            .unwrap();
+        let first = dpc(1);
+        // ... and packet 2 to processor 2 once processor 1 delivered packet 1.
+        while !inbox.is_delivered(ticket) {
+            thread::yield_now();
+        }
+        platform
+            .pinned(|pin| inbox.push_to(pin, cpu(2), 2))
+            .unwrap()
+            .unwrap();
+        let second = dpc(2);
+        first.join().unwrap();
+        second.join().unwrap();
+    });
+}

@@ -279,7 +279,7 @@ impl<T> Drop for Claim<'_, T> {
         self.ring
             .consumer
             .delivered
-            .store(self.head, Ordering::Release);
+            .store(self.head, PUBLISH);
         self.ring.consumer.busy.store(false, Ordering::Release);
     }
 }
