@@ -6,19 +6,20 @@
 //! - `inbox_pair`: per iteration, one push to the *next* processor's queue
 //!   (`(me + 1) % threads`: with 2 threads each steers to the other, so every
 //!   item crosses cores; with 1 thread to itself) and one pop of the thread's
-//!   own queue. `perproc_held` pops with an `InboxConsumer` claimed once (a DPC
-//!   loop); `perproc_pop` claims per pop (`PerCpuInbox::pop`: one CAS more).
-//!   Against a global `spin::Mutex<VecDeque>` (both threads share it; no
-//!   steering), a `spin::Mutex<VecDeque>` per processor (cache-padded), and a
+//!   own queue: each thread makes `n` successful pushes and `n` successful
+//!   pops, retrying a push to a full queue and a pop of an empty one (see
+//!   `steer_loop`). `perproc_held` pops with an `InboxConsumer` claimed once
+//!   (a DPC loop); `perproc_pop` claims per pop (`PerCpuInbox::pop`: one CAS
+//!   more). Against a global `spin::Mutex<VecDeque>` (both threads share it; a
+//!   push and a pop per iteration, no steering), a `spin::Mutex<VecDeque>` per
+//!   processor (cache-padded, bounded at the same capacity), and a
 //!   `crossbeam_queue::ArrayQueue` per processor (cache-padded).
 //! - `local_pop`: pops only, 512 at a time from a filled queue (the fill is not
 //!   timed): the inbox's held consumer against `PerCpuQueue`'s.
 //!
 //! Each measurement is a tight loop timed inside the threads (spawning is not
-//! counted); with 2 threads the slower one's time is reported. A push that finds
-//! the target full drops the item (it cannot happen in steady state: each
-//! thread pushes and pops at the same rate). `cargo bench --bench inbox`; the
-//! ratios that matter are within one run.
+//! counted); with 2 threads the slower one's time is reported.
+//! `cargo bench --bench inbox`; the ratios that matter are within one run.
 //!
 //! Instruction counts: the same binary with `--callgrind VARIANT N` runs one
 //! single-thread loop of `N` iterations in a function named `cg_VARIANT` and
@@ -99,6 +100,30 @@ impl Setup {
 
 // The loops, one function each (callgrind counts them by name).
 
+/// The steering loop every per-processor variant runs: `n` successful pushes
+/// to the target and `n` successful pops of the thread's own queue (its
+/// partner pushes `n` to it), trying one of each per turn. A push that finds
+/// the target full, or a pop that finds nothing yet, costs its time and is
+/// tried again, so no variant gains by failing fast.
+#[inline(always)]
+fn steer_loop(
+    n: u64,
+    mut push: impl FnMut(u64) -> bool,
+    mut pop: impl FnMut() -> Option<u64>,
+) -> u64 {
+    let (mut pushed, mut popped, mut sum) = (0, 0, 0);
+    while pushed < n || popped < n {
+        if pushed < n && push(black_box(pushed)) {
+            pushed += 1;
+        }
+        if let Some(v) = pop() {
+            popped += 1;
+            sum += v;
+        }
+    }
+    sum
+}
+
 #[inline(never)]
 fn cg_perproc_held(
     inbox: &Inbox,
@@ -107,24 +132,15 @@ fn cg_perproc_held(
     to: ProcessorIndex,
     n: u64,
 ) -> u64 {
-    let mut sum = 0;
-    for i in 0..n {
-        let _ = black_box(inbox.push_to(pin, to, black_box(i)).is_ok());
-        sum += consumer.pop().unwrap_or(0);
-    }
-    sum
+    steer_loop(n, |i| inbox.push_to(pin, to, i).is_ok(), || consumer.pop())
 }
 
 #[inline(never)]
 fn cg_perproc_pop(inbox: &Inbox, pin: &Pin<'_>, to: ProcessorIndex, n: u64) -> u64 {
-    let mut sum = 0;
-    for i in 0..n {
-        let _ = black_box(inbox.push_to(pin, to, black_box(i)).is_ok());
-        sum += inbox.pop(pin).unwrap_or(0);
-    }
-    sum
+    steer_loop(n, |i| inbox.push_to(pin, to, i).is_ok(), || inbox.pop(pin))
 }
 
+/// One queue for everyone (no steering): a push and a pop per turn.
 #[inline(never)]
 fn cg_global_mutex(queue: &spin::Mutex<VecDeque<u64>>, n: u64) -> u64 {
     let mut sum = 0;
@@ -142,29 +158,29 @@ fn cg_per_cpu_mutex(
     to: usize,
     n: u64,
 ) -> u64 {
-    let mut sum = 0;
-    for i in 0..n {
-        if let Some(q) = queues.get(to) {
-            q.lock().push_back(black_box(i));
-        }
-        sum += queues
-            .get(me)
-            .and_then(|q| q.lock().pop_front())
-            .unwrap_or(0);
-    }
-    sum
+    let (Some(mine), Some(target)) = (queues.get(me), queues.get(to)) else {
+        return 0;
+    };
+    steer_loop(
+        n,
+        |i| {
+            let mut q = target.lock();
+            // Bounded like the others.
+            q.len() < CAPACITY && {
+                q.push_back(i);
+                true
+            }
+        },
+        || mine.lock().pop_front(),
+    )
 }
 
 #[inline(never)]
 fn cg_array_queue(queues: &[CachePadded<ArrayQueue<u64>>], me: usize, to: usize, n: u64) -> u64 {
-    let mut sum = 0;
-    for i in 0..n {
-        if let Some(q) = queues.get(to) {
-            let _ = black_box(q.push(black_box(i)).is_ok());
-        }
-        sum += queues.get(me).and_then(|q| q.pop()).unwrap_or(0);
-    }
-    sum
+    let (Some(mine), Some(target)) = (queues.get(me), queues.get(to)) else {
+        return 0;
+    };
+    steer_loop(n, |i| target.push(i).is_ok(), || mine.pop())
 }
 
 #[inline(never)]

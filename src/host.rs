@@ -1,8 +1,8 @@
 //! The host platform: ordinary threads standing in for processors, for tests,
 //! examples and benchmarks.
 //!
-//! A thread *binds* itself to a simulated processor index; [`HostPlatform::pin`]
-//! then claims that processor for the thread (as raising to `DISPATCH_LEVEL`
+//! A thread *binds* itself to a simulated processor index; pinning
+//! ([`Platform::pinned`]) then claims that processor for the thread (as raising to `DISPATCH_LEVEL`
 //! keeps everything else off a real one), so two threads bound to the same
 //! index take turns. Memory comes from the system allocator, alignment honoured.
 

@@ -128,8 +128,8 @@ pub use bytemuck::Zeroable;
 #[cfg(target_has_atomic = "64")]
 pub use counter::{Counter, CounterSet, Counts, LocalCounters, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
-pub use inbox::{InboxConsumer, InboxDrain, Leftovers, PerCpuInbox, Ticket};
 pub use hot_add::{ChangeState, Component, Prepared, ProcessorChange};
+pub use inbox::{InboxConsumer, InboxDrain, Leftovers, PerCpuInbox, Ticket};
 pub use percpu::{InPlace, InPlaceFn, InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinError, PinGuard, Platform};
 pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};

@@ -169,9 +169,7 @@ fn abort_drains_and_later_pushes_are_refused_and_leftovers_are_never_lost() {
     let _ = inbox.prepare(cpu(2)).unwrap();
     platform
         .pinned(|pin| {
-            inbox
-                .push_to(pin, cpu(2), Tracked::new(1, &live))
-                .unwrap();
+            inbox.push_to(pin, cpu(2), Tracked::new(1, &live)).unwrap();
         })
         .unwrap();
     // The abort's drain hands back what was queued.
@@ -193,9 +191,7 @@ fn abort_drains_and_later_pushes_are_refused_and_leftovers_are_never_lost() {
     let _ = inbox.prepare(cpu(2)).unwrap(); // revived as it was
     platform
         .pinned(|pin| {
-            inbox
-                .push_to(pin, cpu(2), Tracked::new(3, &live))
-                .unwrap();
+            inbox.push_to(pin, cpu(2), Tracked::new(3, &live)).unwrap();
         })
         .unwrap();
     on(&platform, 2, || {
@@ -297,7 +293,11 @@ fn every_allocation_of_a_prepare_can_fail_without_a_leak() {
             Err(error) => {
                 assert_eq!(error, Error::OutOfMemory);
                 assert_eq!(inbox.state(cpu(1)), SlotState::Absent);
-                assert_eq!(counting.live_blocks(), base, "leak after failing attempt {k}");
+                assert_eq!(
+                    counting.live_blocks(),
+                    base,
+                    "leak after failing attempt {k}"
+                );
             }
             Ok(prepared) => {
                 assert_eq!(prepared, Prepared::New);
@@ -332,7 +332,10 @@ fn producers_on_many_processors_against_owners_consuming_across_a_hot_add() {
                     let target = cpu(4 + u32::from(seq % 2 == 1));
                     let mut item = (producer, seq);
                     loop {
-                        match platform.pinned(|pin| inbox.push_to(pin, target, item)).unwrap() {
+                        match platform
+                            .pinned(|pin| inbox.push_to(pin, target, item))
+                            .unwrap()
+                        {
                             Ok(_) => break,
                             // Full, or processor 5 not added yet: try again.
                             Err(back) => {

@@ -1,6 +1,6 @@
 //! Loom models of perproc live in `tests/`; run them with `RUSTFLAGS="--cfg loom"`.
 //!
-//! This crate gives them [`LoomPlatform`] (under `cfg(loom)`): loom threads
+//! This crate gives them `LoomPlatform` (under `cfg(loom)`): loom threads
 //! standing in for processors, as `HostPlatform` has OS threads stand in for
 //! them (whose thread-locals and occupancy words loom cannot see).
 
@@ -16,7 +16,7 @@ mod model {
     use perproc::host::HostAlloc;
     use perproc::{Error, PinError, PinGuard, Platform, ProcessorIndex};
 
-    /// The most processors a [`LoomPlatform`] models (the models use two or
+    /// The most processors a `LoomPlatform` models (the models use two or
     /// three: every claim cell is a location loom tracks).
     pub const LOOM_MAX_PROCESSORS: u32 = 8;
 

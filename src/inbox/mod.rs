@@ -1,81 +1,4 @@
-//! [`PerCpuInbox<T>`]: a bounded queue per processor that *any* processor
-//! pushes into and its owner consumes: steering work to a chosen processor
-//! (RSS receive, completion on the submitting processor).
-//!
-//! # The protocol
-//!
-//! Each processor's inbox is a ring of entries with sequence numbers (Dmitry
-//! Vyukov's bounded queue, producer side): a producer takes a position with one
-//! compare-and-swap on `tail` and publishes its item with a release store of the
-//! entry's sequence number; the one consumer at a time reads entries in order
-//! and frees each for the next lap with a release store. The consumer takes no
-//! lock and no interlocked instruction per item: it claims the inbox once per
-//! batch (one CAS, never waited for, so a preempted consumer cannot deadlock a
-//! DPC) and pops with plain loads and stores. A full inbox hands the item back.
-//! A producer that loses the race for a position to another producer retries at
-//! the next position: one interlocked instruction per successful attempt, and
-//! the system as a whole always makes progress. There is no ABA hazard: a
-//! position is a counter that only grows, and an entry's sequence number tells
-//! which lap it is on.
-//!
-//! Producers must be pinned ([`PinGuard`]): not for exclusivity (any number push
-//! at once) but so that a producer cannot be preempted between taking a position
-//! and filling it, which would stall the consumer behind that position.
-//!
-//! # Why not `crossbeam` or `heapless`
-//!
-//! `crossbeam_queue::ArrayQueue` and `heapless::mpmc::Queue` are the same
-//! algorithm for many *consumers*: each pop is a CAS too, an interlocked
-//! instruction per item on the owner's DPC loop that a single consumer does not
-//! need. `ArrayQueue` allocates with the global allocator (infallible `Box`,
-//! no NUMA placement), which a driver does not have; `heapless` stores its
-//! entries inline with a compile-time capacity (a per-processor slot built by
-//! value on a kernel stack), and loom cannot see its memory.
-//!
-//! # Hot-add and abort
-//!
-//! A processor's inbox is allocated, placed for it, at AddStart
-//! ([`prepare`](PerCpuInbox::prepare)) and published at once: work may be
-//! steered to it before AddComplete. [`push_to`](PerCpuInbox::push_to) a
-//! processor with no inbox (not added yet, or its add aborted) hands the item
-//! back with [`Error::NotPrepared`]. An abort hides the inbox but keeps it,
-//! items included: a push that found the inbox just before the abort lands in
-//! it afterwards, so **items in an aborted processor's inbox are still queued**.
-//! [`abort`](PerCpuInbox::abort) drains what is there;
-//! [`leftovers`](PerCpuInbox::leftovers) takes what arrived since, from every aborted
-//! processor; a later add of the processor gets its inbox back as it was.
-//!
-//! # Moving a flow without reordering it
-//!
-//! [`push_to`](PerCpuInbox::push_to) returns a [`Ticket`]; a consumer
-//! publishes, when it ends its batch, how far it has *delivered*. A steering
-//! table that moves a flow from processor A to processor B (a hot-added
-//! processor taking indirection-table entries) keeps sending the flow to A
-//! until [`is_delivered`](PerCpuInbox::is_delivered) says A has finished with
-//! the flow's last ticket, and only then switches to B: every packet B delivers
-//! was pushed after A delivered all earlier ones, so the flow stays in order.
-//! (`examples/network_driver.rs` does exactly this for RSS.)
-//!
-//! ```
-//! use perproc::host::HostPlatform;
-//! use perproc::{Component, Error, PerCpuInbox, Platform, ProcessorIndex};
-//!
-//! let platform = HostPlatform::new(4)?;
-//! let inbox = PerCpuInbox::new(&platform, 64)?;
-//! let cpu2 = ProcessorIndex::new(2).unwrap();
-//! let _ = inbox.prepare(cpu2)?;
-//!
-//! // On processor 0: steer a packet to processor 2.
-//! let ticket = platform.pinned(|pin| inbox.push_to(pin, cpu2, "packet"))?.map_err(|e| e.error)?;
-//!
-//! // Processor 2's DPC consumes its inbox, then the ticket is delivered.
-//! platform.bind_current_thread(cpu2)?;
-//! let got: Vec<_> = platform.pinned(|pin| inbox.consumer(pin).map(|c| c.collect()))?.unwrap_or_default();
-//! assert_eq!(got, ["packet"]);
-//! assert!(inbox.is_delivered(ticket));
-//! # Ok::<(), Error>(())
-//! ```
-
+//! [`PerCpuInbox`]: steering queues (see the type for the protocol).
 mod ring;
 
 use core::fmt;
@@ -102,8 +25,91 @@ impl Ticket {
     }
 }
 
-/// A bounded queue per processor that any processor pushes into and the owner
-/// consumes; grown by hot-add. See the [module documentation](self).
+/// [`PerCpuInbox<T>`]: a bounded queue per processor that *any* processor
+/// pushes into and its owner consumes: steering work to a chosen processor
+/// (RSS receive, completion on the submitting processor).
+///
+/// # The protocol
+///
+/// Each processor's inbox is a ring of entries with sequence numbers (Dmitry
+/// Vyukov's bounded queue, producer side): a producer takes a position with one
+/// compare-and-swap on `tail` and publishes its item with a release store of the
+/// entry's sequence number; the one consumer at a time reads entries in order
+/// and frees each for the next lap with a release store. The consumer takes no
+/// lock and no interlocked instruction per item: it claims the inbox once per
+/// batch (one CAS, never waited for, so a preempted consumer cannot deadlock a
+/// DPC) and pops with plain loads and stores. A full inbox hands the item back.
+/// A producer that loses the race for a position to another producer retries at
+/// the next position: one interlocked instruction per successful attempt, and
+/// the system as a whole always makes progress. There is no ABA hazard: a
+/// position is a counter that only grows, and an entry's sequence number tells
+/// which lap it is on.
+///
+/// Producers must be pinned ([`PinGuard`]): not for exclusivity (any number push
+/// at once) but so that a producer cannot be preempted between taking a position
+/// and filling it, which would stall the consumer behind that position.
+///
+/// # Why not `crossbeam` or `heapless`
+///
+/// `crossbeam_queue::ArrayQueue` and `heapless::mpmc::Queue` are the same
+/// algorithm for many *consumers*: each pop is a CAS too, an interlocked
+/// instruction per item on the owner's DPC loop that a single consumer does not
+/// need. `ArrayQueue` allocates with the global allocator (infallible `Box`,
+/// no NUMA placement), which a driver does not have; `heapless` stores its
+/// entries inline with a compile-time capacity (a per-processor slot built by
+/// value on a kernel stack), and loom cannot see its memory.
+///
+/// # Hot-add and abort
+///
+/// A processor's inbox is allocated, placed for it, at AddStart
+/// ([`prepare`](PerCpuInbox::prepare)) and published at once: work may be
+/// steered to it before AddComplete. [`push_to`](PerCpuInbox::push_to) a
+/// processor with no inbox (not added yet, or its add aborted) hands the item
+/// back with [`Error::NotPrepared`]. An abort hides the inbox but keeps it,
+/// items included: a push that found the inbox just before the abort lands in
+/// it afterwards, so **items in an aborted processor's inbox are still queued**.
+/// [`abort`](PerCpuInbox::abort) drains what is there;
+/// [`leftovers`](PerCpuInbox::leftovers) takes what arrived since, from every aborted
+/// processor; a later add of the processor gets its inbox back as it was.
+///
+/// # Moving a flow without reordering it
+///
+/// [`push_to`](PerCpuInbox::push_to) returns a [`Ticket`]; a consumer
+/// publishes, when it ends its batch, how far it has *delivered*. A steering
+/// table that moves a flow from processor A to processor B (a hot-added
+/// processor taking indirection-table entries) keeps sending the flow to A
+/// until [`is_delivered`](PerCpuInbox::is_delivered) says A has finished with
+/// the flow's last ticket, and only then switches to B: every packet B delivers
+/// was pushed after A delivered all earlier ones, so the flow stays in order.
+/// (`examples/network_driver.rs` does exactly this for RSS.)
+///
+/// Two conditions make that argument hold. The flow's packets are pushed by
+/// one producer at a time (an RSS receive queue's DPC), in order; and A
+/// *processes* what it pops before it ends the batch (drops the
+/// [`InboxConsumer`]): "delivered" is published when the batch ends, with
+/// release ordering that [`is_delivered`](PerCpuInbox::is_delivered) acquires,
+/// so A's processing happens-before B's. A consumer that collects a batch and
+/// processes it after dropping the consumer gives up the second condition.
+///
+/// ```
+/// use perproc::host::HostPlatform;
+/// use perproc::{Component, Error, PerCpuInbox, Platform, ProcessorIndex};
+///
+/// let platform = HostPlatform::new(4)?;
+/// let inbox = PerCpuInbox::new(&platform, 64)?;
+/// let cpu2 = ProcessorIndex::new(2).unwrap();
+/// let _ = inbox.prepare(cpu2)?;
+///
+/// // On processor 0: steer a packet to processor 2.
+/// let ticket = platform.pinned(|pin| inbox.push_to(pin, cpu2, "packet"))?.map_err(|e| e.error)?;
+///
+/// // Processor 2's DPC consumes its inbox, then the ticket is delivered.
+/// platform.bind_current_thread(cpu2)?;
+/// let got: Vec<_> = platform.pinned(|pin| inbox.consumer(pin).map(|c| c.collect()))?.unwrap_or_default();
+/// assert_eq!(got, ["packet"]);
+/// assert!(inbox.is_delivered(ticket));
+/// # Ok::<(), Error>(())
+/// ```
 pub struct PerCpuInbox<T, P: Platform, A: RawAlloc = <P as Platform>::Alloc> {
     rings: PerCpu<Ring<T>, P, A>,
     shape: InboxShape,
@@ -223,7 +229,8 @@ impl<T, P: Platform, A: RawAlloc> PerCpuInbox<T, P, A> {
     }
 
     /// Items in processor `index`'s inbox (published or retired) now: a
-    /// snapshot, for statistics.
+    /// snapshot, for statistics. Counted from the last batch's end: items a
+    /// consumer popped in a batch still running are included.
     pub fn len(&self, index: ProcessorIndex) -> usize {
         self.ring(index).map_or(0, Ring::len)
     }

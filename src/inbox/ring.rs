@@ -276,10 +276,7 @@ impl<T> Drop for Claim<'_, T> {
         // SAFETY: written only under the claim, which we hold until the release
         // store of `busy` below hands it (and this write) to the next holder.
         self.ring.consumer.head.with_mut(|at| unsafe { *at = head });
-        self.ring
-            .consumer
-            .delivered
-            .store(self.head, PUBLISH);
+        self.ring.consumer.delivered.store(self.head, PUBLISH);
         self.ring.consumer.busy.store(false, Ordering::Release);
     }
 }
