@@ -21,10 +21,13 @@
 //! - [`DriverSlot`] keeps the driver's state from `DriverEntry` to `Unload`;
 //!   [`seed`] is the seed's driver written with all of the above.
 //!
-//! All kernel names come through one seam, [`sys`]: `wdk-sys` on Windows
-//! (compiled only on a Windows host with the WDK), and elsewhere [`sim`], a
-//! simulated kernel with the same names and signatures that the tests, the
-//! examples and the loom models run the same shim code on.
+//! All kernel names come through one seam, [`sys`]: `wdk-sys` in a driver
+//! (built for Windows with the WDK), or `sim`, a simulated kernel with the
+//! same names and signatures that the tests, the examples and the loom models
+//! run the same shim code on. The simulator is chosen by the `sim` cargo
+//! feature, and is the only provider off Windows (so it is always on there);
+//! on a Windows host the tests and examples turn the feature on and drivers
+//! leave it off.
 //!
 //! # Requirements on the driver
 //!
@@ -66,7 +69,7 @@
     missing_docs
 )]
 
-#[cfg(not(windows))]
+#[cfg(any(feature = "sim", not(windows)))]
 extern crate std;
 
 pub mod sys;
@@ -79,7 +82,7 @@ pub mod seed;
 mod slot;
 mod status;
 
-#[cfg(not(windows))]
+#[cfg(any(feature = "sim", not(windows)))]
 pub mod sim;
 
 pub use callback::{decode, decode_checked, dispatch, Rejected};
