@@ -10,7 +10,8 @@
 //!   owns the components, and dropping it (in `Unload`) deregisters before
 //!   they are torn down.
 //! - The callback it registers validates every pointer, decodes the state,
-//!   cross-checks `NtNumber` against `ProcNumber`, dispatches to the
+//!   cross-checks `NtNumber` against `ProcNumber` (counting disagreements as a
+//!   diagnostic, never refusing on them), dispatches to the
 //!   components (prepare, commit, abort), writes `*OperationStatus` only when a
 //!   Start fails ([`status_of`] maps the error), ignores unknown states, and
 //!   cannot panic.
@@ -85,7 +86,7 @@ mod status;
 #[cfg(any(feature = "sim", not(windows)))]
 pub mod sim;
 
-pub use callback::{decode, decode_checked, dispatch, Rejected};
+pub use callback::{decode, decode_checked, dispatch, mismatched_notifications, Rejected};
 pub use platform::{DispatchGuard, KernelPlatform};
 pub use pool_alloc::{pool_tag, PoolAlloc, POOL_ALIGNMENT};
 pub use registration::{RegisterError, Registration, Replay};

@@ -44,10 +44,10 @@ pub use self::wdk::*;
 
 #[cfg(all(windows, not(feature = "sim")))]
 mod wdk {
-    #[cfg(target_arch = "aarch64")]
-    pub use wdk_sys::ntddk::KfLowerIrql as KeLowerIrql;
     #[cfg(not(target_arch = "aarch64"))]
     pub use wdk_sys::ntddk::KeLowerIrql;
+    #[cfg(target_arch = "aarch64")]
+    pub use wdk_sys::ntddk::KfLowerIrql as KeLowerIrql;
     pub use wdk_sys::ntddk::{
         ExAllocatePool2, ExAllocatePool3, ExFreePool, KeDeregisterProcessorChangeCallback,
         KeGetCurrentIrql, KeGetCurrentProcessorNumberEx, KeGetProcessorIndexFromNumber,
@@ -62,8 +62,8 @@ mod wdk {
         PKE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, PNTSTATUS, POOL_EXTENDED_PARAMETER,
         POOL_EXTENDED_PARAMETER_TYPE, POOL_FLAGS, POOL_FLAG_NON_PAGED, PPROCESSOR_NUMBER,
         PROCESSOR_NUMBER, PVOID, SIZE_T, STATUS_DEVICE_BUSY, STATUS_INSUFFICIENT_RESOURCES,
-        STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
-        STATUS_UNSUCCESSFUL, ULONG, USHORT,
+        STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, STATUS_UNSUCCESSFUL,
+        ULONG, USHORT,
     };
 }
 
