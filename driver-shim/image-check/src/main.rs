@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use object::pe::{
-    IMAGE_FILE_MACHINE_AMD64, IMAGE_FILE_MACHINE_ARM64, IMAGE_SCN_MEM_EXECUTE,
-    IMAGE_SCN_MEM_WRITE, IMAGE_SUBSYSTEM_NATIVE,
+    IMAGE_FILE_MACHINE_AMD64, IMAGE_FILE_MACHINE_ARM64, IMAGE_SCN_MEM_EXECUTE, IMAGE_SCN_MEM_WRITE,
+    IMAGE_SUBSYSTEM_NATIVE,
 };
 use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, PeFile64};
 use object::{LittleEndian as LE, Object};
@@ -153,7 +153,9 @@ fn check(facts: &Facts, arch: Arch, expected: &BTreeSet<String>) -> Vec<String> 
     }
     for (library, name) in &facts.imports {
         if !library.eq_ignore_ascii_case("ntoskrnl.exe") {
-            failures.push(format!("{name} is imported from {library}, not ntoskrnl.exe"));
+            failures.push(format!(
+                "{name} is imported from {library}, not ntoskrnl.exe"
+            ));
         }
     }
     let names = import_names(facts);
@@ -324,7 +326,8 @@ mod tests {
         f.imports.pop();
         assert_eq!(fails(&f, Arch::X64), 1, "missing import");
         let mut f = facts.clone();
-        f.imports.push(("ntoskrnl.exe".into(), "KeBugCheckEx".into()));
+        f.imports
+            .push(("ntoskrnl.exe".into(), "KeBugCheckEx".into()));
         // A reachable panic, and an import the list does not have.
         assert_eq!(fails(&f, Arch::X64), 2, "KeBugCheckEx");
     }
@@ -332,7 +335,9 @@ mod tests {
     #[test]
     fn targets_parse_with_colons_in_the_path() {
         let t = parse_target("/a:b/x.sys:seed:arm64");
-        assert!(t.as_ref().is_some_and(|t| t.arch == Arch::Arm64 && t.name == "seed"));
+        assert!(t
+            .as_ref()
+            .is_some_and(|t| t.arch == Arch::Arm64 && t.name == "seed"));
         assert!(t.is_some_and(|t| t.path == Path::new("/a:b/x.sys")));
         assert!(parse_target("x.sys:seed:mips").is_none());
     }

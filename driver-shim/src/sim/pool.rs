@@ -6,6 +6,7 @@
 //! double-freed pointer is caught instead of corrupting the allocator.
 
 use core::alloc::Layout;
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::ptr;
 use std::collections::{BTreeMap, HashMap};
@@ -76,11 +77,17 @@ impl NodeBook {
 
 static BLOCKS: Mutex<BTreeMap<usize, Block>> = Mutex::new(BTreeMap::new());
 
+#[cfg(not(loom))]
 std::thread_local! {
     /// The (tag, size) of this thread's last node-directed request, if the
     /// fault plan refused it (see `allocate_placed`).
-    static REFUSED_RETRY: core::cell::Cell<Option<(u32, SIZE_T)>> =
-        const { core::cell::Cell::new(None) };
+    static REFUSED_RETRY: Cell<Option<(u32, SIZE_T)>> = const { Cell::new(None) };
+}
+
+// Loom runs every model thread on one OS thread: its own thread-locals.
+#[cfg(loom)]
+loom::thread_local! {
+    static REFUSED_RETRY: Cell<Option<(u32, SIZE_T)>> = Cell::new(None);
 }
 
 struct Plan {
@@ -236,10 +243,13 @@ pub(crate) fn allocate_placed(
     let refused = match placement {
         Placement::Node { .. } => {
             let refused = pool.refuse(tag);
-            REFUSED_RETRY.set(refused.then_some((tag, size)));
+            let _ = REFUSED_RETRY.try_with(|r| r.set(refused.then_some((tag, size))));
             refused
         }
-        Placement::Local => REFUSED_RETRY.take() == Some((tag, size)) || pool.refuse(tag),
+        Placement::Local => {
+            REFUSED_RETRY.try_with(Cell::take).ok().flatten() == Some((tag, size))
+                || pool.refuse(tag)
+        }
     };
     if refused {
         return ptr::null_mut();

@@ -90,7 +90,11 @@ pub mod ntddk {
     include!("generated/aarch64/ntddk.rs");
 
     #[cfg(not(any(test, feature = "suppress-wdk-linking")))]
-    #[link(name = "BufferOverflowFastFailK", kind = "static", modifiers = "-bundle")]
+    #[link(
+        name = "BufferOverflowFastFailK",
+        kind = "static",
+        modifiers = "-bundle"
+    )]
     unsafe extern "C" {}
     #[cfg(not(any(test, feature = "suppress-wdk-linking")))]
     #[link(name = "ntoskrnl", kind = "static", modifiers = "-bundle")]
@@ -101,7 +105,10 @@ pub mod ntddk {
     #[cfg(not(any(test, feature = "suppress-wdk-linking")))]
     #[link(name = "wmilib", kind = "static", modifiers = "-bundle")]
     unsafe extern "C" {}
-    #[cfg(all(target_arch = "aarch64", not(any(test, feature = "suppress-wdk-linking"))))]
+    #[cfg(all(
+        target_arch = "aarch64",
+        not(any(test, feature = "suppress-wdk-linking"))
+    ))]
     #[link(name = "arm64rt", kind = "static", modifiers = "-bundle")]
     unsafe extern "C" {}
 }

@@ -27,8 +27,20 @@ macro_rules! same_layout {
     };
 }
 
-same_layout!(wdk_sys::PROCESSOR_NUMBER, wk::PROCESSOR_NUMBER, Group, Number, Reserved);
-same_layout!(wdk_sys::GROUP_AFFINITY, wsi::GROUP_AFFINITY, Mask, Group, Reserved);
+same_layout!(
+    wdk_sys::PROCESSOR_NUMBER,
+    wk::PROCESSOR_NUMBER,
+    Group,
+    Number,
+    Reserved
+);
+same_layout!(
+    wdk_sys::GROUP_AFFINITY,
+    wsi::GROUP_AFFINITY,
+    Mask,
+    Group,
+    Reserved
+);
 same_layout!(
     wdk_sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT,
     wss::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT,
@@ -37,7 +49,13 @@ same_layout!(
     Status,
     ProcNumber
 );
-same_layout!(wdk_sys::UNICODE_STRING, w32::UNICODE_STRING, Length, MaximumLength, Buffer);
+same_layout!(
+    wdk_sys::UNICODE_STRING,
+    w32::UNICODE_STRING,
+    Length,
+    MaximumLength,
+    Buffer
+);
 same_layout!(
     wdk_sys::DRIVER_OBJECT,
     wf::DRIVER_OBJECT,
@@ -57,7 +75,10 @@ same_layout!(
     DriverUnload,
     MajorFunction
 );
-same_layout!(wdk_sys::POOL_EXTENDED_PARAMETER, wss::POOL_EXTENDED_PARAMETER);
+same_layout!(
+    wdk_sys::POOL_EXTENDED_PARAMETER,
+    wss::POOL_EXTENDED_PARAMETER
+);
 const _: () = {
     // The two halves: the bitfield word, then the union.
     assert!(offset_of!(wdk_sys::POOL_EXTENDED_PARAMETER, __bindgen_anon_1) == 0);
@@ -102,9 +123,7 @@ const _: () = {
     assert!(wdk_sys::MM_ANY_NODE_OK == wss::MM_ANY_NODE_OK);
     assert!(P::PoolExtendedParameterNumaNode == wss::PoolExtendedParameterNumaNode);
     assert!(P::PoolExtendedParameterPriority == wss::PoolExtendedParameterPriority);
-    assert!(
-        wdk_sys::POOL_EXTENDED_PARAMETER_TYPE_BITS == wss::POOL_EXTENDED_PARAMETER_TYPE_BITS
-    );
+    assert!(wdk_sys::POOL_EXTENDED_PARAMETER_TYPE_BITS == wss::POOL_EXTENDED_PARAMETER_TYPE_BITS);
     assert!(
         wdk_sys::POOL_EXTENDED_PARAMETER_REQUIRED_FIELD_BITS
             == wss::POOL_EXTENDED_PARAMETER_REQUIRED_FIELD_BITS
