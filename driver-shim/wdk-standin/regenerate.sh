@@ -4,7 +4,8 @@
 # the WDK (wdk-build 0.6.0's `Builder::wdk_default`: use_core, derive Default,
 # generate_cstr, no include-path detection, -fno-builtin, the MSVC extension
 # flags, the per-architecture and WDM defines, module-constants enums,
-# must_use NTSTATUS, prettyplease; one file for types, one for vars
+# must_use NTSTATUS, prettyplease, rust target = wdk-build's rust-version (1.91)
+# and edition 2024 (wdk-build's, as get_rust_edition reads it); one file for types, one for vars
 # (constants), one for the rest (functions), as wdk-sys splits them).
 #
 # For maintainers only: the generated files are committed, and nothing in the
@@ -20,7 +21,7 @@ have=$(bindgen --version | awk '{print $2}')
 common=(
   --use-core --with-derive-default --generate-cstr --no-include-path-detection
   --default-enum-style moduleconsts --must-use-type NTSTATUS --must-use-type HRESULT
-  --formatter prettyplease --rust-target 1.84 --rust-edition 2021
+  --formatter prettyplease --rust-target 1.91 --rust-edition 2024
   --blocklist-item ExAllocatePoolWithTag --blocklist-item ExAllocatePoolWithQuotaTag
   --blocklist-item ExAllocatePoolWithTagPriority --blocklist-item ExAllocatePool
 )
