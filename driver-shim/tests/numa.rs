@@ -241,3 +241,53 @@ impl Component for Parts {
         self.set().fail(index)
     }
 }
+
+#[test]
+fn the_simulated_numa_routines_follow_their_documentation() {
+    use perproc_wdk::sim::sys::{
+        ExAllocatePool3, ExFreePool, KeQueryHighestNodeNumber, KeQueryNodeActiveAffinity,
+        GROUP_AFFINITY, MM_ANY_NODE_OK, POOL_EXTENDED_PARAMETER, POOL_EXTENDED_PARAMETER_TYPE,
+        POOL_FLAG_NON_PAGED,
+    };
+    let kernel = machine();
+    let _on = kernel.enter().unwrap();
+    // SAFETY: no arguments.
+    assert_eq!(unsafe { KeQueryHighestNodeNumber() }, 7);
+    let mut affinity = GROUP_AFFINITY::default();
+    let mut count = 0u16;
+    // SAFETY: both out-pointers are valid locals.
+    unsafe { KeQueryNodeActiveAffinity(1, &mut affinity, &mut count) };
+    assert_eq!((affinity.Group, affinity.Mask, count), (0, 0b1100, 2));
+    // SAFETY: NULL out-pointers are allowed; node 6 (group 1) has no processor yet.
+    unsafe { KeQueryNodeActiveAffinity(6, &mut affinity, std::ptr::null_mut()) };
+    assert_eq!((affinity.Group, affinity.Mask), (1, 0));
+
+    let numa = |node: u32| {
+        let mut p = POOL_EXTENDED_PARAMETER::default();
+        p.__bindgen_anon_1
+            .set_Type(POOL_EXTENDED_PARAMETER_TYPE::PoolExtendedParameterNumaNode as u64);
+        p.__bindgen_anon_2.PreferredNode = node;
+        p
+    };
+    let alloc = |p: &POOL_EXTENDED_PARAMETER| {
+        // SAFETY: one readable parameter.
+        unsafe { ExAllocatePool3(POOL_FLAG_NON_PAGED, 64, TAG, p, 1) }.cast::<u8>()
+    };
+    kernel.pool().set_node_capacity(5, Some(0));
+    assert!(alloc(&numa(5)).is_null(), "a full node, strictly");
+    assert!(alloc(&numa(99)).is_null(), "no such node");
+    let any = alloc(&numa(5 | MM_ANY_NODE_OK));
+    assert_ne!(kernel.pool().node_of_block(any), Some(5));
+    let on_two = alloc(&numa(2));
+    assert_eq!(kernel.pool().node_of_block(on_two), Some(2));
+    assert_eq!(kernel.pool().node_tag_bytes(2, TAG), 64);
+    let mut unknown = POOL_EXTENDED_PARAMETER::default();
+    unknown.__bindgen_anon_1.set_Type(9);
+    assert!(alloc(&unknown).is_null(), "an unknown parameter type");
+    for block in [any, on_two] {
+        // SAFETY: live blocks from ExAllocatePool3, freed once.
+        unsafe { ExFreePool(block.cast()) };
+    }
+    assert_eq!(kernel.pool().node_live_bytes(2), 0);
+    assert!(kernel.violations().is_empty());
+}
