@@ -10,10 +10,11 @@
 //!   owns the components, and dropping it (in `Unload`) deregisters before
 //!   they are torn down.
 //! - The callback it registers validates every pointer, decodes the state,
-//!   cross-checks `NtNumber` against `ProcNumber`, dispatches to the
-//!   components (AddStart to `prepare`, AddComplete to `commit`, AddFailure
-//!   to `abort`), writes `*OperationStatus` only when an AddStart fails
-//!   ([`status_of`] maps the error), ignores unknown states, and cannot panic.
+//!   cross-checks `NtNumber` against `ProcNumber` (counting disagreements as a
+//!   diagnostic, never refusing on them), dispatches to the components
+//!   (AddStart to `prepare`, AddComplete to `commit`, AddFailure to `abort`),
+//!   writes `*OperationStatus` only when an AddStart fails ([`status_of`] maps
+//!   the error), ignores unknown states, and cannot panic.
 //! - [`KernelPlatform`] is perproc's [`Platform`](perproc::Platform) over kernel
 //!   calls: the current processor, pinning by raising to `DISPATCH_LEVEL`, the
 //!   maximum processor count, and [`PoolAlloc`] (nonpaged pool with a tag, any
@@ -23,10 +24,13 @@
 //!   ([`DriverSlot::with`]); [`seed`] is the seed's driver written with all of
 //!   the above.
 //!
-//! All kernel names come through one seam, [`sys`]: `wdk-sys` on Windows
-//! (compiled only on a Windows host with the WDK), and elsewhere [`sim`], a
-//! simulated kernel with the same names and signatures that the tests, the
-//! examples and the loom models run the same shim code on.
+//! All kernel names come through one seam, [`sys`]: `wdk-sys` in a driver
+//! (built for Windows with the WDK), or `sim`, a simulated kernel with the
+//! same names and signatures that the tests, the examples and the loom models
+//! run the same shim code on. The simulator is chosen by the `sim` cargo
+//! feature, and is the only provider off Windows (so it is always on there);
+//! on a Windows host the tests and examples turn the feature on and drivers
+//! leave it off.
 //!
 //! # Requirements on the driver
 //!
@@ -68,7 +72,7 @@
     missing_docs
 )]
 
-#[cfg(not(windows))]
+#[cfg(any(feature = "sim", not(windows)))]
 extern crate std;
 
 pub mod sys;
@@ -81,10 +85,10 @@ pub mod seed;
 mod slot;
 mod status;
 
-#[cfg(not(windows))]
+#[cfg(any(feature = "sim", not(windows)))]
 pub mod sim;
 
-pub use callback::{decode, decode_checked, dispatch, Rejected};
+pub use callback::{decode, decode_checked, dispatch, mismatched_notifications, Rejected};
 pub use platform::KernelPlatform;
 pub use pool_alloc::{pool_tag, PoolAlloc, POOL_ALIGNMENT};
 pub use registration::{RegisterError, Registration, Replay};

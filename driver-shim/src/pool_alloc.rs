@@ -6,7 +6,12 @@ use core::ptr::NonNull;
 
 use perproc::{AllocError, ProcessorIndex, RawAlloc};
 
-use crate::sys::{ExAllocatePool2, ExFreePool, POOL_FLAG_NON_PAGED, SIZE_T};
+use crate::status::nt_success;
+use crate::sys::{
+    ExAllocatePool2, ExAllocatePool3, ExFreePool, KeGetProcessorNumberFromIndex,
+    KeQueryHighestNodeNumber, KeQueryNodeActiveAffinity, GROUP_AFFINITY, POOL_EXTENDED_PARAMETER,
+    POOL_EXTENDED_PARAMETER_TYPE, POOL_FLAG_NON_PAGED, PROCESSOR_NUMBER, SIZE_T, ULONG, USHORT,
+};
 
 /// A pool tag from its four characters as drivers write them (`'Perp'` in C is
 /// `pool_tag(*b"Perp")`): the first character is the low byte, so pool
@@ -23,19 +28,29 @@ pub const fn pool_tag(chars: [u8; 4]) -> u32 {
 /// (`MEMORY_ALLOCATION_ALIGNMENT`).
 pub const POOL_ALIGNMENT: usize = 16;
 
-/// Nonpaged pool (`ExAllocatePool2(POOL_FLAG_NON_PAGED, ..)`) with a tag, as
+/// Nonpaged pool (`ExAllocatePool2`/`ExAllocatePool3`, `POOL_FLAG_NON_PAGED`) with a tag, as
 /// perproc's [`RawAlloc`]. Any alignment is honoured: up to
 /// [`POOL_ALIGNMENT`] by the pool itself (checked), above it by allocating
 /// `size + align + 8` bytes, returning the first aligned address with room
 /// for the original pointer just below it, and freeing through that pointer.
 ///
-/// Placement: the processor hint is not used; blocks come from the pool of
-/// whatever node the pool chooses. A NUMA-aware variant would map the index
-/// to its node (`KeGetProcessorNumberFromIndex`, then the node whose
-/// `KeQueryNodeActiveAffinity` group affinity holds that processor) and
-/// allocate with `ExAllocatePool3(POOL_FLAG_NON_PAGED, size, tag, ..)` and a
-/// `POOL_EXTENDED_PARAMETER` of type `PoolExtendedParameterNumaNode`
-/// naming that node as preferred.
+/// Placement (NUMA): a block for processor *i* (perproc passes the hint for
+/// every per-processor block) comes from *i*'s node. The node is found from
+/// the processor: `KeGetProcessorNumberFromIndex(i)` gives its (group,
+/// number), and the node is the one whose `KeQueryNodeActiveAffinity` (nodes
+/// 0 to `KeQueryHighestNodeNumber()`) has that group and that bit; the block
+/// is allocated with `ExAllocatePool3(POOL_FLAG_NON_PAGED, size, tag, ..)`
+/// and one `POOL_EXTENDED_PARAMETER` of type `PoolExtendedParameterNumaNode`
+/// naming that node. When that fails (the node has no memory), or the node
+/// cannot be found, or there is no hint (shared structures), the block comes
+/// from `ExAllocatePool2`, i.e. any node: an add never fails only because
+/// its node is full.
+///
+/// Not covered: since Windows Server 2022 a node can span groups, and
+/// `KeQueryNodeActiveAffinity` reports only its primary group; a processor in
+/// another group of its node is then not found, and its blocks come from any
+/// node (`KeQueryNodeActiveAffinity2` would find it, at the price of an import
+/// older Windows lacks).
 ///
 /// Allocate and free at `IRQL <= DISPATCH_LEVEL`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,13 +69,55 @@ impl PoolAlloc {
         self.tag
     }
 
-    fn pool_block(&self, size: usize) -> Result<NonNull<u8>, AllocError> {
+    fn pool_block(
+        &self,
+        size: usize,
+        processor: Option<ProcessorIndex>,
+    ) -> Result<NonNull<u8>, AllocError> {
         let bytes = SIZE_T::try_from(size).map_err(|_| AllocError)?;
-        // SAFETY: callable at IRQL <= DISPATCH_LEVEL (this type's contract) for
-        // nonpaged pool; returns NULL or a block of `bytes` bytes.
+        if let Some(node) = processor.and_then(node_of) {
+            let mut parameter = POOL_EXTENDED_PARAMETER::default();
+            parameter.__bindgen_anon_1.set_Type(u64::from(
+                POOL_EXTENDED_PARAMETER_TYPE::PoolExtendedParameterNumaNode.unsigned_abs(),
+            ));
+            parameter.__bindgen_anon_2.PreferredNode = ULONG::from(node);
+            // SAFETY: callable at IRQL <= DISPATCH_LEVEL (this type's contract)
+            // for nonpaged pool; `parameter` is one initialised parameter that
+            // outlives the call; returns NULL or a block of `bytes` bytes.
+            let block =
+                unsafe { ExAllocatePool3(POOL_FLAG_NON_PAGED, bytes, self.tag, &parameter, 1) };
+            if let Some(block) = NonNull::new(block.cast::<u8>()) {
+                return Ok(block);
+            }
+        }
+        // SAFETY: as above, without parameters: any node.
         let block = unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, bytes, self.tag) };
         NonNull::new(block.cast::<u8>()).ok_or(AllocError)
     }
+}
+
+/// The NUMA node of `processor`, if the kernel can tell.
+fn node_of(processor: ProcessorIndex) -> Option<USHORT> {
+    let mut number = PROCESSOR_NUMBER::default();
+    // SAFETY: `number` is a local PROCESSOR_NUMBER, valid for the write; the
+    // routine may be called at any IRQL.
+    let status = unsafe { KeGetProcessorNumberFromIndex(processor.get(), &mut number) };
+    if !nt_success(status) {
+        return None;
+    }
+    // SAFETY: no arguments; callable at any IRQL.
+    let highest = unsafe { KeQueryHighestNodeNumber() };
+    (0..=highest).find(|&node| {
+        let mut affinity = GROUP_AFFINITY::default();
+        // SAFETY: `affinity` is a local GROUP_AFFINITY, valid for the write;
+        // the count is not wanted (NULL is allowed); any IRQL.
+        unsafe { KeQueryNodeActiveAffinity(node, &mut affinity, core::ptr::null_mut()) };
+        affinity.Group == number.Group
+            && affinity
+                .Mask
+                .checked_shr(u32::from(number.Number))
+                .is_some_and(|bits| bits & 1 == 1)
+    })
 }
 
 const WORD: usize = size_of::<*mut u8>();
@@ -76,17 +133,17 @@ unsafe impl RawAlloc for PoolAlloc {
     fn allocate(
         &self,
         layout: Layout,
-        _processor: Option<ProcessorIndex>,
+        processor: Option<ProcessorIndex>,
     ) -> Result<NonNull<u8>, AllocError> {
         if layout.size() == 0 {
             return Err(AllocError);
         }
         if layout.align() <= POOL_ALIGNMENT {
-            let block = self.pool_block(layout.size())?;
+            let block = self.pool_block(layout.size(), processor)?;
             if block.as_ptr().addr() & layout.align().wrapping_sub(1) == 0 {
                 return Ok(block);
             }
-            // SAFETY: a block ExAllocatePool2 just returned, freed once.
+            // SAFETY: a block the pool just returned, freed once.
             unsafe { ExFreePool(block.as_ptr().cast()) };
             return Err(AllocError);
         }
@@ -95,7 +152,7 @@ unsafe impl RawAlloc for PoolAlloc {
             .checked_add(layout.align())
             .and_then(|n| n.checked_add(WORD))
             .ok_or(AllocError)?;
-        let base = self.pool_block(total)?;
+        let base = self.pool_block(total, processor)?;
         // The first address at least WORD bytes in that is aligned.
         let lowest = base.as_ptr().addr().checked_add(WORD).ok_or(AllocError)?;
         let misalign = lowest & layout.align().wrapping_sub(1); // align is a power of two

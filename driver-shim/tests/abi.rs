@@ -169,3 +169,33 @@ fn every_status_the_shim_writes_has_microsofts_value() {
         assert!(status < 0);
     }
 }
+
+#[test]
+fn the_numa_declarations_have_microsofts_layout_and_values() {
+    use windows_sys::Win32::System::SystemInformation as wsi;
+    type Ours = sys::GROUP_AFFINITY;
+    type Theirs = wsi::GROUP_AFFINITY;
+    assert_eq!(size_of::<Ours>(), size_of::<Theirs>());
+    assert_eq!(align_of::<Ours>(), align_of::<Theirs>());
+    assert_eq!(offset_of!(Ours, Mask), offset_of!(Theirs, Mask));
+    assert_eq!(offset_of!(Ours, Group), offset_of!(Theirs, Group));
+    assert_eq!(offset_of!(Ours, Reserved), offset_of!(Theirs, Reserved));
+
+    type P = sys::POOL_EXTENDED_PARAMETER;
+    type Q = ws::POOL_EXTENDED_PARAMETER;
+    assert_eq!(size_of::<P>(), size_of::<Q>());
+    assert_eq!(align_of::<P>(), align_of::<Q>());
+    assert_eq!(offset_of!(P, __bindgen_anon_2), offset_of!(Q, Anonymous2));
+    assert_eq!(
+        sys::POOL_EXTENDED_PARAMETER_TYPE::PoolExtendedParameterNumaNode,
+        ws::PoolExtendedParameterNumaNode
+    );
+    assert_eq!(sys::MM_ANY_NODE_OK, ws::MM_ANY_NODE_OK);
+    // The type sits in the low 8 bits of the first word, as the metadata's
+    // single bitfield word has it.
+    let mut ours = P::default();
+    ours.__bindgen_anon_1.set_Type(3);
+    ours.__bindgen_anon_1.set_Optional(1);
+    assert_eq!(ours.__bindgen_anon_1._bitfield_1, 0x103);
+    assert_eq!(ours.__bindgen_anon_1.Type(), 3);
+}

@@ -144,12 +144,24 @@ impl Journal {
 
 static NEXT_KERNEL: AtomicU64 = AtomicU64::new(1);
 
+/// A NUMA node: `count` consecutive processor numbers of one group, from
+/// `first`. Nodes are numbered by their place in [`State::nodes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NodeSpan {
+    pub(crate) group: u16,
+    pub(crate) first: u8,
+    pub(crate) count: u8,
+}
+
 /// One simulated machine.
 pub(crate) struct State {
     /// This machine's identity, unique in the process (platforms compare it).
     pub(crate) id: u64,
     pub(crate) groups: Vec<u8>,
     pub(crate) max: u32,
+    /// The NUMA topology: every (group, number) slot of `groups` is in exactly
+    /// one node.
+    pub(crate) nodes: Vec<NodeSpan>,
     procs: Mutex<Procs>,
     /// Per processor index: the token of the thread holding it at DISPATCH_LEVEL
     /// or above, or 0.
@@ -163,6 +175,38 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn new(groups: &[u8], boot: &[(u16, u8)]) -> Result<Self, SimError> {
+        Self::with_nodes(groups, boot, None)
+    }
+
+    /// As [`State::new`], with each group cut into NUMA nodes of `node_size`
+    /// processor numbers (the last node of a group may be smaller); `None`:
+    /// one node per group.
+    pub(crate) fn with_nodes(
+        groups: &[u8],
+        boot: &[(u16, u8)],
+        node_size: Option<u8>,
+    ) -> Result<Self, SimError> {
+        if node_size == Some(0) {
+            return Err(SimError::BadTopology);
+        }
+        let mut nodes = Vec::new();
+        for (g, &size) in groups.iter().enumerate() {
+            let group = u16::try_from(g).map_err(|_| SimError::BadTopology)?;
+            let step = node_size.unwrap_or(size).max(1);
+            let mut first = 0u8;
+            while first < size {
+                let count = step.min(size.saturating_sub(first));
+                nodes.push(NodeSpan {
+                    group,
+                    first,
+                    count,
+                });
+                first = first.saturating_add(count);
+            }
+        }
+        if nodes.len() > usize::from(u16::MAX) {
+            return Err(SimError::BadTopology);
+        }
         if groups.is_empty()
             || groups.len() > usize::from(u16::MAX)
             || groups.iter().any(|&size| size == 0 || size > 64)
@@ -190,6 +234,7 @@ impl State {
             id: NEXT_KERNEL.fetch_add(1, Ordering::Relaxed),
             groups: groups.to_vec(),
             max,
+            nodes,
             procs: Mutex::new(procs),
             dispatch: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             regs: Mutex::new(Vec::new()),
@@ -223,6 +268,36 @@ impl State {
             .by_number
             .get(&(number.Group, number.Number))
             .copied()
+    }
+
+    /// The node holding (group, number), present or not.
+    pub(crate) fn node_of_number(&self, number: PROCESSOR_NUMBER) -> Option<u16> {
+        let at = self.nodes.iter().position(|n| {
+            n.group == number.Group
+                && number.Number >= n.first
+                && u16::from(number.Number) < u16::from(n.first).saturating_add(u16::from(n.count))
+        })?;
+        u16::try_from(at).ok()
+    }
+
+    /// `KeQueryNodeActiveAffinity`'s answer: the node's group and a mask of
+    /// its present processors (a processor is present from its AddStart on,
+    /// as it is for `KeGetProcessorIndexFromNumber` here), and their count.
+    pub(crate) fn node_affinity(&self, node: u16) -> Option<(u16, u64, u16)> {
+        let span = self.nodes.get(usize::from(node))?;
+        let procs = lock(&self.procs);
+        let mut mask = 0u64;
+        let mut count = 0u16;
+        for (&(group, number), _) in procs.by_number.iter() {
+            let inside = group == span.group
+                && number >= span.first
+                && u16::from(number) < u16::from(span.first).saturating_add(u16::from(span.count));
+            if inside {
+                mask |= 1u64.checked_shl(u32::from(number)).unwrap_or(0);
+                count = count.saturating_add(1);
+            }
+        }
+        Some((span.group, mask, count))
     }
 
     pub(crate) fn count(&self, group: u32, active_only: bool) -> u32 {
@@ -799,5 +874,28 @@ pub(crate) fn lower_irql(new: u8) {
     tls::with(|cpu| cpu.irql = new);
     if old >= DISPATCH && new < DISPATCH {
         state.release_processor(index);
+    }
+}
+
+/// `KeQueryHighestNodeNumber` for the calling thread's kernel (0 if none).
+pub(crate) fn highest_node() -> u16 {
+    match tls::current() {
+        Some((state, ..)) => u16::try_from(state.nodes.len().saturating_sub(1)).unwrap_or(0),
+        None => {
+            orphan();
+            0
+        }
+    }
+}
+
+/// `KeQueryNodeActiveAffinity` for the calling thread's kernel: (group, mask,
+/// count), or an empty affinity for a node that does not exist.
+pub(crate) fn node_affinity(node: u16) -> (u16, u64, u16) {
+    match tls::current() {
+        Some((state, ..)) => state.node_affinity(node).unwrap_or((0, 0, 0)),
+        None => {
+            orphan();
+            (0, 0, 0)
+        }
     }
 }

@@ -353,7 +353,10 @@ pub struct Delivery {
 }
 
 /// An allocation plan for the pool, counting attempts from [`Pool::fail`]
-/// (the first is 0).
+/// (the first is 0). A refusal stands for memory exhausted on every NUMA
+/// node: a refused `ExAllocatePool3` for a node makes the same thread's next
+/// request of the same tag and size (the any-node retry `PoolAlloc` makes)
+/// fail too, without counting it as an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Refuse nothing.
@@ -427,6 +430,30 @@ impl Pool<'_> {
         self.kernel.state.pool.all_stats()
     }
 
+    /// Limits NUMA node `node` to `bytes` live (`None`: no limit, the
+    /// default): an allocation that needs that node and finds no room there
+    /// fails (`ExAllocatePool3` with that node) or goes to another node
+    /// (`ExAllocatePool2`).
+    pub fn set_node_capacity(&self, node: u16, bytes: Option<usize>) {
+        self.kernel.state.pool.set_node_capacity(node, bytes);
+    }
+
+    /// Bytes live on NUMA node `node`, under every tag.
+    pub fn node_live_bytes(&self, node: u16) -> usize {
+        self.kernel.state.pool.node_bytes(node, None)
+    }
+
+    /// Bytes live on NUMA node `node` under `tag`.
+    pub fn node_tag_bytes(&self, node: u16, tag: u32) -> usize {
+        self.kernel.state.pool.node_bytes(node, Some(tag))
+    }
+
+    /// The NUMA node of the live pool block holding `addr` (any address in
+    /// it, so an over-aligned block's user pointer works), or `None`.
+    pub fn node_of_block(&self, addr: *const u8) -> Option<u16> {
+        pool::node_of(addr.addr())
+    }
+
     /// Bytes live under every tag.
     pub fn total_live_bytes(&self) -> usize {
         self.tags()
@@ -470,6 +497,42 @@ impl Kernel {
             return Err(SimError::BadTopology);
         }
         Self::with_processors(groups, &numbers)
+    }
+
+    /// As [`Kernel::new`], on a NUMA machine: each group is cut into nodes of
+    /// `node_size` consecutive processor numbers (the last one of a group may
+    /// be smaller), numbered in group order from 0. [`Kernel::new`] and
+    /// [`Kernel::with_processors`] give one node per group.
+    pub fn with_numa(groups: &[u8], boot: u32, node_size: u8) -> Result<Self, SimError> {
+        let booted = Self::new(groups, boot)?;
+        let numbers: Vec<(u16, u8)> = (0..boot).filter_map(|i| booted.number_of(i)).collect();
+        Ok(Self {
+            state: Arc::new(kernel::State::with_nodes(
+                groups,
+                &numbers,
+                Some(node_size),
+            )?),
+        })
+    }
+
+    /// The number of NUMA nodes.
+    pub fn node_count(&self) -> u16 {
+        u16::try_from(self.state.nodes.len()).unwrap_or(u16::MAX)
+    }
+
+    /// The NUMA node of processor (`group`, `number`), present or not.
+    pub fn node_of_number(&self, group: u16, number: u8) -> Option<u16> {
+        self.state.node_of_number(sys::PROCESSOR_NUMBER {
+            Group: group,
+            Number: number,
+            Reserved: 0,
+        })
+    }
+
+    /// The NUMA node of the present processor `index`.
+    pub fn node_of(&self, index: u32) -> Option<u16> {
+        let (group, number) = self.number_of(index)?;
+        self.node_of_number(group, number)
     }
 
     /// A machine whose booted processors are exactly `boot` (group, number),

@@ -38,6 +38,104 @@ pub type PVOID = *mut c_void;
 pub type SIZE_T = u64;
 /// `POOL_FLAGS`.
 pub type POOL_FLAGS = u64;
+/// `PUSHORT`.
+pub type PUSHORT = *mut USHORT;
+/// `KAFFINITY` (`ULONG_PTR`, 64 bits).
+pub type KAFFINITY = u64;
+
+/// `GROUP_AFFINITY`: a group and a mask of processors in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GROUP_AFFINITY {
+    /// One bit per processor number in the group.
+    pub Mask: KAFFINITY,
+    /// The group.
+    pub Group: USHORT,
+    /// Zero.
+    pub Reserved: [USHORT; 3],
+}
+/// `PGROUP_AFFINITY`.
+pub type PGROUP_AFFINITY = *mut GROUP_AFFINITY;
+
+/// `POOL_EXTENDED_PARAMETER_TYPE`, module-constants style.
+pub mod POOL_EXTENDED_PARAMETER_TYPE {
+    /// The enum's C type.
+    pub type Type = i32;
+    /// Not a parameter.
+    pub const PoolExtendedParameterInvalidType: Type = 0;
+    /// An `EX_POOL_PRIORITY`.
+    pub const PoolExtendedParameterPriority: Type = 1;
+    /// Secure pool parameters.
+    pub const PoolExtendedParameterSecurePool: Type = 2;
+    /// A preferred NUMA node (`PreferredNode`).
+    pub const PoolExtendedParameterNumaNode: Type = 3;
+    /// One past the last type.
+    pub const PoolExtendedParameterMax: Type = 4;
+}
+
+/// In a `PreferredNode`: any node will do when the preferred one has no room.
+pub const MM_ANY_NODE_OK: u32 = 0x8000_0000;
+
+/// The bitfield word of `POOL_EXTENDED_PARAMETER` (`Type`: 8 bits,
+/// `Optional`: 1 bit, then reserved), with bindgen's accessor names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct _POOL_EXTENDED_PARAMETER__bindgen_ty_1 {
+    /// The word.
+    pub _bitfield_1: u64,
+}
+
+impl _POOL_EXTENDED_PARAMETER__bindgen_ty_1 {
+    /// The parameter's type (a `POOL_EXTENDED_PARAMETER_TYPE`).
+    pub fn Type(&self) -> u64 {
+        self._bitfield_1 & 0xff
+    }
+    /// Sets the type (low 8 bits of `value`).
+    pub fn set_Type(&mut self, value: u64) {
+        self._bitfield_1 = (self._bitfield_1 & !0xff) | (value & 0xff);
+    }
+    /// Whether the parameter may be ignored.
+    pub fn Optional(&self) -> u64 {
+        (self._bitfield_1 >> 8) & 1
+    }
+    /// Sets `Optional` (low bit of `value`).
+    pub fn set_Optional(&mut self, value: u64) {
+        self._bitfield_1 = (self._bitfield_1 & !0x100) | ((value & 1) << 8);
+    }
+}
+
+/// The value of a `POOL_EXTENDED_PARAMETER`, by type.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union _POOL_EXTENDED_PARAMETER__bindgen_ty_2 {
+    /// Zero.
+    pub Reserved2: u64,
+    /// Zero.
+    pub Reserved3: PVOID,
+    /// For `PoolExtendedParameterPriority`.
+    pub Priority: i32,
+    /// For `PoolExtendedParameterNumaNode`: the node, with `MM_ANY_NODE_OK`.
+    pub PreferredNode: ULONG,
+}
+
+impl Default for _POOL_EXTENDED_PARAMETER__bindgen_ty_2 {
+    fn default() -> Self {
+        Self { Reserved2: 0 }
+    }
+}
+
+/// `POOL_EXTENDED_PARAMETER`, 16 bytes, with bindgen's field names for its
+/// anonymous struct and union.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct POOL_EXTENDED_PARAMETER {
+    /// Type and flags.
+    pub __bindgen_anon_1: _POOL_EXTENDED_PARAMETER__bindgen_ty_1,
+    /// The value.
+    pub __bindgen_anon_2: _POOL_EXTENDED_PARAMETER__bindgen_ty_2,
+}
+/// `PCPOOL_EXTENDED_PARAMETER`.
+pub type PCPOOL_EXTENDED_PARAMETER = *const POOL_EXTENDED_PARAMETER;
 
 /// `PROCESSOR_NUMBER`: a processor's group and number in the group.
 #[repr(C)]
@@ -270,6 +368,88 @@ pub unsafe extern "C" fn ExAllocatePool2(
     Tag: ULONG,
 ) -> PVOID {
     super::pool::allocate(Flags, NumberOfBytes, Tag)
+}
+
+/// [`ExAllocatePool2`] with extended parameters. A NUMA node parameter
+/// (`PoolExtendedParameterNumaNode`) takes the block from that node only, and
+/// returns NULL when the node has no room (the simulator's reading: "preferred"
+/// is a requirement unless `MM_ANY_NODE_OK` is set); a priority parameter is
+/// accepted and ignored; any other parameter fails the call. Without a NUMA
+/// parameter it places as [`ExAllocatePool2`] does (the calling processor's
+/// node first).
+///
+/// # Safety
+/// `ExtendedParameters` points to `ExtendedParametersCount` readable
+/// parameters (or is NULL with a count of 0).
+pub unsafe extern "C" fn ExAllocatePool3(
+    Flags: POOL_FLAGS,
+    NumberOfBytes: SIZE_T,
+    Tag: ULONG,
+    ExtendedParameters: PCPOOL_EXTENDED_PARAMETER,
+    ExtendedParametersCount: ULONG,
+) -> PVOID {
+    use POOL_EXTENDED_PARAMETER_TYPE as T;
+    let Ok(count) = usize::try_from(ExtendedParametersCount) else {
+        return core::ptr::null_mut();
+    };
+    let params: &[POOL_EXTENDED_PARAMETER] = if count == 0 {
+        &[]
+    } else if ExtendedParameters.is_null() {
+        return core::ptr::null_mut();
+    } else {
+        // SAFETY: the caller passes `count` readable parameters.
+        unsafe { core::slice::from_raw_parts(ExtendedParameters, count) }
+    };
+    let mut placement = super::pool::Placement::Local;
+    for param in params {
+        let kind = param.__bindgen_anon_1.Type();
+        if kind == u64::from(T::PoolExtendedParameterNumaNode.unsigned_abs()) {
+            // SAFETY: every field of the union is an integer or a pointer
+            // of at least 4 bytes, so its first 4 bytes are initialised.
+            let node = unsafe { param.__bindgen_anon_2.PreferredNode };
+            placement = super::pool::Placement::Node {
+                node: u16::try_from(node & !MM_ANY_NODE_OK).unwrap_or(u16::MAX),
+                any_ok: node & MM_ANY_NODE_OK != 0,
+            };
+        } else if kind != u64::from(T::PoolExtendedParameterPriority.unsigned_abs()) {
+            return core::ptr::null_mut();
+        }
+    }
+    super::pool::allocate_placed(Flags, NumberOfBytes, Tag, placement, "ExAllocatePool3")
+}
+
+/// The highest NUMA node number (nodes are 0 to this).
+///
+/// # Safety
+/// None beyond the binding's; `unsafe` like every FFI call.
+pub unsafe extern "C" fn KeQueryHighestNodeNumber() -> USHORT {
+    kernel::highest_node()
+}
+
+/// The group of node `NodeNumber` and the mask (and count) of its processors
+/// the kernel knows (present, which here includes one whose AddStart is being
+/// delivered); a zero affinity for a node that does not exist.
+///
+/// # Safety
+/// `Affinity` and `Count` are NULL or valid for a write.
+pub unsafe extern "C" fn KeQueryNodeActiveAffinity(
+    NodeNumber: USHORT,
+    Affinity: PGROUP_AFFINITY,
+    Count: PUSHORT,
+) {
+    let (group, mask, count) = kernel::node_affinity(NodeNumber);
+    // SAFETY: the caller passes NULL or a pointer valid for a write.
+    if let Some(out) = unsafe { Affinity.as_mut() } {
+        *out = GROUP_AFFINITY {
+            Mask: mask,
+            Group: group,
+            Reserved: [0; 3],
+        };
+    }
+    // SAFETY: as above.
+    if let Some(out) = unsafe { Count.as_mut() } {
+        *out = count;
+    }
 }
 
 /// Frees a block from [`ExAllocatePool2`].
