@@ -104,21 +104,32 @@ impl Setup {
 /// to the target and `n` successful pops of the thread's own queue (its
 /// partner pushes `n` to it), trying one of each per turn. A push that finds
 /// the target full, or a pop that finds nothing yet, costs its time and is
-/// tried again, so no variant gains by failing fast.
+/// tried again, so no variant gains by failing fast. After 256 turns without
+/// progress the thread yields (its partner may have lost its vCPU).
 #[inline(always)]
 fn steer_loop(
     n: u64,
     mut push: impl FnMut(u64) -> bool,
     mut pop: impl FnMut() -> Option<u64>,
 ) -> u64 {
-    let (mut pushed, mut popped, mut sum) = (0, 0, 0);
+    let (mut pushed, mut popped, mut sum, mut idle) = (0, 0, 0, 0u32);
     while pushed < n || popped < n {
+        let mut progress = false;
         if pushed < n && push(black_box(pushed)) {
             pushed += 1;
+            progress = true;
         }
         if let Some(v) = pop() {
             popped += 1;
             sum += v;
+            progress = true;
+        }
+        // Waiting on the partner: if the host descheduled it, give the vCPU
+        // back instead of spinning out a time slice.
+        idle = if progress { 0 } else { idle + 1 };
+        if idle >= 256 {
+            idle = 0;
+            std::thread::yield_now();
         }
     }
     sum

@@ -274,6 +274,7 @@ where
 /// The counters of one pinned processor, from [`PerCpuCounters::local`]. It
 /// borrows the pin, so it is used only while the caller stays on that
 /// processor, and only on its thread.
+#[must_use = "LocalCounters does nothing until added to"]
 pub struct LocalCounters<'g, S: CounterSet, P: Platform> {
     /// The processor's block, or `None` when it has none (counts go to the
     /// shared block then).

@@ -129,7 +129,7 @@ pub use bytemuck::Zeroable;
 pub use counter::{Counter, CounterSet, Counts, LocalCounters, PerCpuCounter, PerCpuCounters};
 pub use error::Error;
 pub use hot_add::{ChangeState, Component, Prepared, ProcessorChange};
-pub use inbox::{InboxConsumer, InboxDrain, Leftovers, PerCpuInbox, Ticket};
+pub use inbox::{InboxConsumer, InboxDrain, InboxDrainAll, PerCpuInbox, Ticket};
 pub use percpu::{InPlace, InPlaceFn, InitFn, Iter, PerCpu, SlotPadding, SlotState, CACHE_LINE};
 pub use platform::{PinError, PinGuard, Platform};
 pub use pool::{Limits, LocalPool, PerCpuPool, PoolBox, PoolStats, ProcessorStats};

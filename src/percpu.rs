@@ -880,6 +880,7 @@ impl<T: fmt::Debug, P: Platform, A: RawAlloc, F> fmt::Debug for PerCpu<T, P, A, 
 
 /// Iterator over a [`PerCpu`]'s values, from [`PerCpu::iter`] (published ones)
 /// or [`PerCpu::iter_all`] (retired ones too).
+#[must_use = "iterators are lazy"]
 pub struct Iter<'a, T> {
     next: *mut Slot<T>,
     /// `Some`: yield only slots the table publishes now.

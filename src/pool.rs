@@ -837,6 +837,7 @@ impl<T, P: Platform, A: RawAlloc> fmt::Debug for PerCpuPool<T, P, A> {
 /// runs, the batch keeps using the hidden cache; what it leaves there is
 /// stranded until code pinned to that processor next goes to the depot, as
 /// after any abort.
+#[must_use = "a LocalPool does nothing until used for allocations"]
 pub struct LocalPool<'g, T, P: Platform, A: RawAlloc> {
     pool: &'g PerCpuPool<T, P, A>,
     pin: &'g PinGuard<'g, P>,

@@ -125,6 +125,37 @@ fn a_full_inbox_hands_the_item_back() {
     });
 }
 
+/// One entry cannot tell "holds the item of position p" from "free for
+/// position p + 1" by its sequence number: a capacity of 1 gets 2 entries, and
+/// a full inbox still refuses instead of overwriting.
+#[test]
+fn a_capacity_of_one_gets_two_entries_and_never_overwrites() {
+    let platform = HostPlatform::new(2).unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    let inbox = PerCpuInbox::new(&platform, 1).unwrap();
+    assert_eq!(inbox.capacity(), 2);
+    let _ = inbox.prepare(cpu(1)).unwrap();
+    platform
+        .pinned(|pin| {
+            for id in 0..2 {
+                inbox.push_to(pin, cpu(1), Tracked::new(id, &live)).unwrap();
+            }
+            let back = inbox
+                .push_to(pin, cpu(1), Tracked::new(2, &live))
+                .unwrap_err();
+            assert_eq!((back.item.id, back.error), (2, Error::Exhausted));
+        })
+        .unwrap();
+    assert_eq!(live.load(Ordering::SeqCst), 2);
+    let got: Vec<u64> = on(&platform, 1, || {
+        platform
+            .pinned(|pin| inbox.consumer(pin).unwrap().map(|t| t.id).collect())
+            .unwrap()
+    });
+    assert_eq!(got, [0, 1]);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn one_consumer_at_a_time_and_delivery_is_published_when_the_batch_ends() {
     let platform = HostPlatform::new(2).unwrap();

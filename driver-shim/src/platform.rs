@@ -89,7 +89,7 @@ pub struct KernelPlatform {
     pool: PoolAlloc,
     /// The simulated machine this platform describes: its pins are refused on
     /// a thread that runs on another one. (Windows has one kernel.)
-    #[cfg(not(windows))]
+    #[cfg(any(feature = "sim", not(windows)))]
     kernel: crate::sim::KernelId,
 }
 
@@ -103,7 +103,7 @@ impl KernelPlatform {
     /// [`Error::Pin`]`(`[`PinError::Unavailable`]`)` when the system reports no
     /// processor: on the simulator, a thread that has entered no kernel.
     pub fn new(tag: u32) -> Result<Self, Error> {
-        #[cfg(not(windows))]
+        #[cfg(any(feature = "sim", not(windows)))]
         let kernel = crate::sim::entered_kernel().ok_or(Error::Pin(PinError::Unavailable))?;
         // SAFETY: callable at any IRQL; no pointers.
         let max = unsafe { KeQueryMaximumProcessorCountEx(ALL_GROUPS) };
@@ -113,7 +113,7 @@ impl KernelPlatform {
         Ok(Self {
             max,
             pool: PoolAlloc::new(tag),
-            #[cfg(not(windows))]
+            #[cfg(any(feature = "sim", not(windows)))]
             kernel,
         })
     }
@@ -122,9 +122,9 @@ impl KernelPlatform {
     /// Windows; on the simulator, whether it entered this platform's kernel).
     #[inline(always)]
     fn on_this_system(&self) -> bool {
-        #[cfg(not(windows))]
+        #[cfg(any(feature = "sim", not(windows)))]
         return crate::sim::entered_kernel() == Some(self.kernel);
-        #[cfg(windows)]
+        #[cfg(all(windows, not(feature = "sim")))]
         return true;
     }
 }
@@ -238,9 +238,9 @@ unsafe impl Platform for KernelPlatform {
     /// simulator, whether both were made on the same kernel.
     #[inline(always)]
     fn shares_processors(&self, other: &Self) -> bool {
-        #[cfg(not(windows))]
+        #[cfg(any(feature = "sim", not(windows)))]
         return self.kernel == other.kernel;
-        #[cfg(windows)]
+        #[cfg(all(windows, not(feature = "sim")))]
         {
             let _ = other;
             true

@@ -21,9 +21,6 @@ use perproc::{
 
 /// Processors the inbox has room for; index `CPUS` is out of range on purpose.
 const CPUS: u32 = 4;
-/// Asked for 3, rounded up to 4.
-const CAPACITY: usize = 3;
-const ENTRIES: usize = 4;
 
 /// Items alive anywhere (inbox, model, in flight): a loss or a duplicate shows
 /// after every operation.
@@ -174,12 +171,17 @@ fn ids(items: impl IntoIterator<Item = Item>) -> Vec<u64> {
     items.into_iter().map(|item| item.0).collect()
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: (u8, Vec<Op>)| {
+    let (capacity, ops) = input;
+    // Asked for 1 to 4: 2, 2, 4, 4 entries (one entry could not tell a queued
+    // item from a free place by its sequence number).
+    let capacity = usize::from(capacity % 4) + 1;
+    let entries = capacity.max(2).next_power_of_two();
     let platform = HostPlatform::new(CPUS).unwrap();
     let counting = CountingAlloc::new(HostAlloc);
     let alloc = FailingAlloc::new(&counting);
-    let inbox = PerCpuInbox::<Item, _, _>::new_in(&platform, &alloc, CAPACITY).unwrap();
-    assert_eq!(inbox.capacity(), ENTRIES);
+    let inbox = PerCpuInbox::<Item, _, _>::new_in(&platform, &alloc, capacity).unwrap();
+    assert_eq!(inbox.capacity(), entries);
     let mut model = Model {
         cpus: vec![
             Cpu {
@@ -223,7 +225,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     let refused = result.unwrap_err();
                     assert_eq!(refused.error, Error::NotPrepared);
                     assert_eq!(refused.item.0, id);
-                } else if model.cpu(target).items.len() == ENTRIES {
+                } else if model.cpu(target).items.len() == entries {
                     let refused = result.unwrap_err();
                     assert_eq!(refused.error, Error::Exhausted);
                     assert_eq!(refused.item.0, id);
@@ -414,7 +416,7 @@ fuzz_target!(|ops: Vec<Op>| {
             // until it ends.
             assert_eq!(
                 inbox.len(processor(cpu)),
-                (c.tail - c.delivered).min(ENTRIES)
+                (c.tail - c.delivered).min(entries)
             );
         }
         for &(ticket, cpu, end) in &tickets {

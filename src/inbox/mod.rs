@@ -122,10 +122,10 @@ fn no_ring<T>(_: ProcessorIndex) -> Result<Ring<T>, Error> {
 }
 
 impl<T, P: Platform> PerCpuInbox<T, P> {
-    /// An inbox of `capacity` items (rounded up to a power of two) for each
-    /// processor the platform can have. No processor has one yet: registration
-    /// (or [`prepare`](Self::prepare)) adds them, and only then is memory
-    /// allocated for a processor.
+    /// An inbox of `capacity` items (rounded up to a power of two, at least 2)
+    /// for each processor the platform can have. No processor has one yet:
+    /// registration (or [`prepare`](Self::prepare)) adds them, and only then is
+    /// memory allocated for a processor.
     ///
     /// # Errors
     /// [`Error::CapacityOverflow`] for a `capacity` of 0 or one that does not
@@ -154,6 +154,29 @@ impl<T, P: Platform, A: RawAlloc> PerCpuInbox<T, P, A> {
     /// No lock, one interlocked instruction (a compare-and-swap; retried only
     /// when another producer took the same position), no allocation, never
     /// waits.
+    ///
+    /// ```
+    /// use perproc::host::HostPlatform;
+    /// use perproc::{Error, PerCpuInbox, Platform, ProcessorIndex};
+    ///
+    /// let platform = HostPlatform::new(2)?;
+    /// let inbox = PerCpuInbox::new(&platform, 2)?;
+    /// let cpu1 = ProcessorIndex::new(1).unwrap();
+    /// platform.pinned(|pin| {
+    ///     // No inbox yet (processor 1 not added): the item comes back.
+    ///     let back = inbox.push_to(pin, cpu1, 'a').unwrap_err();
+    ///     assert_eq!((back.item, back.error), ('a', Error::NotPrepared));
+    ///     let _ = inbox.prepare(cpu1)?; // AddStart
+    ///     let ticket = inbox.push_to(pin, cpu1, 'b').map_err(|e| e.error)?;
+    ///     assert_eq!(ticket.processor(), cpu1);
+    ///     inbox.push_to(pin, cpu1, 'c').map_err(|e| e.error)?;
+    ///     // Full (a capacity of 2): back again, with the reason.
+    ///     let back = inbox.push_to(pin, cpu1, 'd').unwrap_err();
+    ///     assert_eq!((back.item, back.error), ('d', Error::Exhausted));
+    ///     Ok::<(), Error>(())
+    /// })??;
+    /// # Ok::<(), Error>(())
+    /// ```
     ///
     /// # Errors
     /// The item comes back in a [`PushError`]: [`Error::Exhausted`] when the
@@ -271,6 +294,26 @@ impl<T, P: Platform, A: RawAlloc> PerCpuInbox<T, P, A> {
     /// (see "Hot-add and abort" in the module documentation: pushes that raced
     /// the abort are found later by [`leftovers`](Self::leftovers)).
     ///
+    /// ```
+    /// use perproc::host::HostPlatform;
+    /// use perproc::{Error, PerCpuInbox, Platform, ProcessorIndex, SlotState};
+    ///
+    /// let platform = HostPlatform::new(2)?;
+    /// let inbox = PerCpuInbox::new(&platform, 4)?;
+    /// let cpu1 = ProcessorIndex::new(1).unwrap();
+    /// let _ = inbox.prepare(cpu1)?; // AddStart: work may be steered there now
+    /// platform.pinned(|pin| inbox.push_to(pin, cpu1, 7).map_err(|e| e.error))??;
+    /// // AddFailure: the drain hands back what was steered there.
+    /// let back: Vec<i32> = inbox.abort(cpu1)?.collect();
+    /// assert_eq!(back, [7]);
+    /// assert_eq!(inbox.state(cpu1), SlotState::Retired);
+    /// assert_eq!(inbox.leftovers().count(), 0);
+    /// // Pushes to it are refused from now on.
+    /// let refused = platform.pinned(|pin| inbox.push_to(pin, cpu1, 8))?;
+    /// assert_eq!(refused.unwrap_err().error, Error::NotPrepared);
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`PerCpu::abort`].
     pub fn abort(&self, index: ProcessorIndex) -> Result<InboxDrain<'_, T>, Error> {
@@ -283,8 +326,8 @@ impl<T, P: Platform, A: RawAlloc> PerCpuInbox<T, P, A> {
     /// What is queued in aborted processors' inboxes, with their indexes: for
     /// the driver to process elsewhere. An inbox whose claim is held right now
     /// is skipped (its holder takes the items).
-    pub fn leftovers(&self) -> Leftovers<'_, T, P, A> {
-        Leftovers {
+    pub fn leftovers(&self) -> InboxDrainAll<'_, T, P, A> {
+        InboxDrainAll {
             inbox: self,
             rings: self.rings.iter_all(),
             current: None,
@@ -294,8 +337,30 @@ impl<T, P: Platform, A: RawAlloc> PerCpuInbox<T, P, A> {
 
     /// Everything queued anywhere (published and aborted inboxes), with the
     /// processor it was steered to: for unload, after the I/O path stopped.
-    pub fn drain_all(&self) -> Leftovers<'_, T, P, A> {
-        Leftovers {
+    /// Inboxes most recently built first, each in its order.
+    ///
+    /// ```
+    /// use perproc::host::HostPlatform;
+    /// use perproc::{Error, PerCpuInbox, Platform, ProcessorIndex};
+    ///
+    /// let platform = HostPlatform::new(2)?;
+    /// let inbox = PerCpuInbox::new(&platform, 4)?;
+    /// let cpus = [ProcessorIndex::ZERO, ProcessorIndex::new(1).unwrap()];
+    /// for cpu in cpus {
+    ///     let _ = inbox.prepare(cpu)?;
+    /// }
+    /// platform.pinned(|pin| {
+    ///     for (cpu, item) in cpus.into_iter().zip(["x", "y"]) {
+    ///         inbox.push_to(pin, cpu, item).map_err(|e| e.error)?;
+    ///     }
+    ///     Ok::<(), Error>(())
+    /// })??;
+    /// let all: Vec<_> = inbox.drain_all().map(|(cpu, item)| (cpu.get(), item)).collect();
+    /// assert_eq!(all, [(1, "y"), (0, "x")]);
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn drain_all(&self) -> InboxDrainAll<'_, T, P, A> {
+        InboxDrainAll {
             inbox: self,
             rings: self.rings.iter_all(),
             current: None,
@@ -358,6 +423,7 @@ impl<T, P: Platform, A: RawAlloc> fmt::Debug for PerCpuInbox<T, P, A> {
 
 /// The pinned processor's inbox, claimed: from [`PerCpuInbox::consumer`].
 /// Pops without an interlocked instruction; also an iterator of what is queued.
+#[must_use = "an InboxConsumer holds the inbox's claim until dropped; pop from it"]
 pub struct InboxConsumer<'a, T> {
     claim: Claim<'a, T>,
 }
@@ -385,6 +451,7 @@ impl<T> fmt::Debug for InboxConsumer<'_, T> {
 }
 
 /// What an aborted processor's inbox held, from [`PerCpuInbox::abort`].
+#[must_use = "an InboxDrain takes items only as it is iterated"]
 pub struct InboxDrain<'a, T> {
     claim: Option<Claim<'a, T>>,
 }
@@ -409,14 +476,15 @@ impl<T> fmt::Debug for InboxDrain<'_, T> {
 
 /// Items of several inboxes with their processor, from
 /// [`PerCpuInbox::leftovers`] or [`PerCpuInbox::drain_all`].
-pub struct Leftovers<'a, T, P: Platform, A: RawAlloc> {
+#[must_use = "an InboxDrainAll takes items only as it is iterated"]
+pub struct InboxDrainAll<'a, T, P: Platform, A: RawAlloc> {
     inbox: &'a PerCpuInbox<T, P, A>,
     rings: Iter<'a, Ring<T>>,
     current: Option<(ProcessorIndex, Claim<'a, T>)>,
     retired_only: bool,
 }
 
-impl<T, P: Platform, A: RawAlloc> Iterator for Leftovers<'_, T, P, A> {
+impl<T, P: Platform, A: RawAlloc> Iterator for InboxDrainAll<'_, T, P, A> {
     type Item = (ProcessorIndex, T);
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -437,8 +505,8 @@ impl<T, P: Platform, A: RawAlloc> Iterator for Leftovers<'_, T, P, A> {
     }
 }
 
-impl<T, P: Platform, A: RawAlloc> fmt::Debug for Leftovers<'_, T, P, A> {
+impl<T, P: Platform, A: RawAlloc> fmt::Debug for InboxDrainAll<'_, T, P, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Leftovers").finish_non_exhaustive()
+        f.debug_struct("InboxDrainAll").finish_non_exhaustive()
     }
 }

@@ -15,8 +15,8 @@ use crate::{Error, ProcessorIndex, RawAlloc, CACHE_LINE};
 #[derive(Clone, Copy, Debug)]
 pub(super) struct InboxShape {
     /// Entries per inbox: the capacity asked for, rounded up to a power of two
-    /// (a position maps to its entry with a mask, and a sequence number says
-    /// which lap an entry is on).
+    /// and at least 2 (a position maps to its entry with a mask, and a
+    /// sequence number says which lap an entry is on).
     pub(super) entries: usize,
     /// `entries - 1`.
     pub(super) mask: usize,
@@ -29,7 +29,11 @@ impl InboxShape {
         if capacity == 0 {
             return Err(Error::CapacityOverflow);
         }
+        // At least 2: with one entry, "holds the item of position p" (`seq ==
+        // p + 1`) and "free for position p + 1" (`seq == p + entries`) would be
+        // the same sequence number, and a push would overwrite a queued item.
         let entries = capacity
+            .max(2)
             .checked_next_power_of_two()
             .ok_or(Error::CapacityOverflow)?;
         let layout = Layout::array::<Entry<T>>(entries)

@@ -78,6 +78,7 @@ impl<T> Drop for Claim<'_, T> {
 /// and pop freely. While it lives, other consumers find that queue empty (it
 /// is being consumed); the producer is not affected. Dropping it releases the
 /// claim; items not popped stay queued.
+#[must_use = "a Consumer holds the queue's claim until dropped; pop from it"]
 pub struct Consumer<'a, T> {
     claim: Claim<'a, T>,
 }
