@@ -147,6 +147,9 @@ enum Api {
     Box,
     Local,
     Home,
+    /// A pin per pair (what a dispatch routine called per request does): the
+    /// pinning itself, on the host its claim on the processor, is measured too.
+    PinEach,
 }
 
 struct Perproc {
@@ -196,6 +199,18 @@ impl Variant for Perproc {
             drop(black_box(batch));
             return;
         }
+        if let Api::PinEach = self.api {
+            for i in 0..n {
+                self.platform
+                    .pinned(|pin| {
+                        let mut object = pool.alloc(pin, [i; 8]).expect("within the total");
+                        black_box(&mut *object);
+                        pool.free(pin, object);
+                    })
+                    .unwrap();
+            }
+            return;
+        }
         self.platform
             .pinned(|pin| match self.api {
                 Api::Raw => {
@@ -206,7 +221,7 @@ impl Variant for Perproc {
                         unsafe { pool.free_raw(pin, object) };
                     }
                 }
-                Api::Box | Api::Home => {
+                Api::Box | Api::Home | Api::PinEach => {
                     for i in 0..n {
                         let mut object = pool.alloc(pin, [i; 8]).expect("within the total");
                         black_box(&mut *object);
@@ -276,7 +291,8 @@ fn pool(c: &mut Criterion) {
     let handles = Perproc::new(&platform, Api::Box);
     let local = Perproc::new(&platform, Api::Local);
     let home = Perproc::new(&platform, Api::Home);
-    let variants: [(&str, &dyn Variant); 8] = [
+    let pin_each = Perproc::new(&platform, Api::PinEach);
+    let variants: [(&str, &dyn Variant); 9] = [
         ("tl_vec", &TlVec),
         ("spin_mutex", &spin_list),
         ("box", &Boxed),
@@ -285,6 +301,7 @@ fn pool(c: &mut Criterion) {
         ("perproc_box", &handles),
         ("perproc_local", &local),
         ("perproc_home", &home),
+        ("perproc_pin_each", &pin_each),
     ];
     for (threads, second) in [("1 thread", false), ("2 threads", true)] {
         let mut group = c.benchmark_group(format!("pool/{threads}"));

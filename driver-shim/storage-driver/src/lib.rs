@@ -149,6 +149,9 @@ impl Storage {
 
     /// See [`storage_complete`].
     fn complete_queue(&self, index: ProcessorIndex) -> u32 {
+        if index.get() >= self.platform.max_processors() {
+            return u32::MAX;
+        }
         let completed = self.platform.pinned(|pin| {
             let mut done = 0u32;
             let mut intact = true;
