@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::cpu;
+use common::{cpu, on};
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
 use perproc::{Component, Counter, CounterSet, PerCpuCounter, PerCpuCounters, Platform, SlotState};
@@ -18,17 +18,6 @@ perproc::counters! {
         /// Bytes moved.
         bytes,
     }
-}
-
-fn on<R: Send>(platform: &HostPlatform, i: u32, f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            platform.bind_current_thread(cpu(i)).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 fn io(submitted: u64, completed: u64, bytes: u64) -> Io {

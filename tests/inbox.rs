@@ -1,53 +1,17 @@
 //! Per-CPU inboxes (steering queues): every documented behaviour, on the host
 //! platform.
 
+mod common;
+
+use common::{cpu, on, Tracked};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
-use perproc::{Component, Error, PerCpuInbox, Platform, Prepared, ProcessorIndex, SlotState};
-
-fn cpu(i: u32) -> ProcessorIndex {
-    ProcessorIndex::new(i).unwrap()
-}
-
-/// Runs `f` on a thread bound to processor `i`.
-fn on<R: Send>(platform: &HostPlatform, i: u32, f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            platform.bind_current_thread(cpu(i)).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
-/// An item that counts its live instances, so a test sees a loss (a leak) or a
-/// duplicate (a double drop).
-#[derive(Debug)]
-struct Tracked {
-    id: u64,
-    live: Arc<AtomicUsize>,
-}
-
-impl Tracked {
-    fn new(id: u64, live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        Self {
-            id,
-            live: live.clone(),
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+use perproc::{Component, Error, PerCpuInbox, Platform, Prepared, SlotState};
 
 #[test]
 fn any_processor_steers_to_a_chosen_one_which_consumes_in_order() {

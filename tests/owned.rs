@@ -2,6 +2,10 @@
 //! own pool whoever frees it, and may be dropped anywhere (unpinned, after the
 //! pool's teardown) without undefined behaviour. Also run under miri.
 
+mod common;
+
+use common::{cpu, on};
+
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,22 +16,6 @@ use perproc::testing::CountingAlloc;
 use perproc::{
     AllocError, Limits, PerCpuPool, Platform, PoolBox, Prepared, ProcessorIndex, RawAlloc,
 };
-
-fn cpu(i: u32) -> ProcessorIndex {
-    ProcessorIndex::new(i).unwrap()
-}
-
-/// Runs `f` on a new thread bound to processor `i`.
-fn on<R: Send>(platform: &HostPlatform, i: u32, f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            platform.bind_current_thread(cpu(i)).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 /// A request a driver would queue: it knows what it holds.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,6 +1,10 @@
 //! The per-CPU pool: behaviour, a model-based test, a threaded stress test with
 //! migration, remote frees and hot-add, and the fault-injection sweep.
 
+mod common;
+
+use common::cpu;
+
 use std::alloc::Layout;
 use std::collections::{HashMap, HashSet};
 use std::ptr::NonNull;
@@ -13,10 +17,6 @@ use perproc::{
     AllocError, Component, Error, Limits, PerCpuPool, Platform, PoolBox, Prepared, ProcessorIndex,
     RawAlloc, SlotState,
 };
-
-fn cpu(i: u32) -> ProcessorIndex {
-    ProcessorIndex::new(i).unwrap()
-}
 
 /// A 64-byte object that knows what it should hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,31 +2,20 @@
 
 mod common;
 
+use common::{cpu, on, Tracked};
+
 use std::alloc::Layout;
 use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::cpu;
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::{CountingAlloc, FailPlan, FailingAlloc};
 use perproc::{
     AllocError, Component, Error, Limits, PerCpuCounters, PerCpuPool, PerCpuQueue, PinGuard,
     Platform, PoolBox, Prepared, ProcessorIndex, RawAlloc, SlotState,
 };
-
-/// Runs `f` on a thread bound to processor `i`.
-fn on<R: Send>(platform: &HostPlatform, i: u32, f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            platform.bind_current_thread(cpu(i)).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 /// Runs `f` pinned on a thread bound to processor `i`.
 fn pinned_on<R: Send>(
@@ -35,30 +24,6 @@ fn pinned_on<R: Send>(
     f: impl FnOnce(&PinGuard<'_, HostPlatform>) -> R + Send,
 ) -> R {
     on(platform, i, || platform.pinned(f).unwrap())
-}
-
-/// An item that counts its live instances, so a test sees a loss (a leak) or a
-/// duplicate (a double drop, or more live than made).
-#[derive(Debug)]
-struct Tracked {
-    id: u64,
-    live: Arc<AtomicUsize>,
-}
-
-impl Tracked {
-    fn new(id: u64, live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        Self {
-            id,
-            live: live.clone(),
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[test]

@@ -1,10 +1,50 @@
 //! Helpers shared by the core's integration tests.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use perproc::host::HostPlatform;
 use perproc::{Component, Error, ProcessorIndex};
 
 pub fn cpu(i: u32) -> ProcessorIndex {
     ProcessorIndex::new(i).unwrap()
+}
+
+/// Runs `f` on a thread bound to processor `i`.
+pub fn on<R: Send>(platform: &HostPlatform, i: u32, f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            platform.bind_current_thread(cpu(i)).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// An item that counts its live instances, so a test sees a loss (a leak) or a
+/// duplicate (a double drop, or more live than made).
+#[derive(Debug)]
+pub struct Tracked {
+    pub id: u64,
+    live: Arc<AtomicUsize>,
+}
+
+impl Tracked {
+    pub fn new(id: u64, live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Self {
+            id,
+            live: live.clone(),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What registration with `KE_PROCESSOR_CHANGE_ADD_EXISTING` does, per the spec:
