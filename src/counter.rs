@@ -200,6 +200,8 @@ impl<S: CounterSet, P: Platform, A: RawAlloc> PerCpuCounters<S, P, A> {
 
     /// What processors without a block added.
     pub fn unplaced(&self) -> S {
+        // ordering: equivalent: only the shared block is read here, so no load of
+        // this call is ordered after it (the sums' acquire is what `add` pairs with).
         S::from_counts(<S::Counts as Counts>::read(
             &self.unplaced,
             Ordering::Acquire,

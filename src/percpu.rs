@@ -480,6 +480,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
         match word.addr() {
             ABSENT => {
                 entry
+                    // ordering: equivalent: winning ABSENT -> BUILDING, the builder reads nothing another thread
+                    // wrote: its block comes from the allocator (synchronised on its own) and is written fresh.
                     .compare_exchange(word, building(), Ordering::Acquire, Ordering::Relaxed)
                     .map_err(|_| Error::Busy)?;
                 self.build(entry, index, write)
@@ -487,6 +489,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
             BUILDING => Err(Error::Busy),
             addr if addr & HIDDEN == 0 => {
                 // SAFETY: a pointer word is a live slot (see `slot_at`).
+                // ordering: equivalent: only the answer (Already/Busy) depends on it, nothing is read after;
+                // the slot itself was acquired by the load of its table word above.
                 match unsafe { slot_at(word) }.state.load(Ordering::Acquire) {
                     PREPARED | ONLINE => Ok(Prepared::Already),
                     _ => Err(Error::Busy),
@@ -542,9 +546,13 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
         // the container drops (see `slot_at`).
         let slot = unsafe { slot_at(bare) };
         slot.state
+            // ordering: equivalent: the reviver writes no slot field but `state`; what it republishes
+            // (built before the slot's first publication) was acquired with the hidden word in `prepare_by`.
             .compare_exchange(RETIRED, REVIVING, Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::Busy)?;
         entry.store(bare, PUBLISH);
+        // ordering: equivalent: a revival writes no data; every reader of `state` acquires the table
+        // word first, and the bare word stored just above (PUBLISH) is what orders the slot for them.
         slot.state.store(PREPARED, Ordering::Release);
         self.shared().published.fetch_add(1, Ordering::Relaxed);
         Ok(Prepared::New)
@@ -590,6 +598,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
         let slot = unsafe { slot_at(word) };
         match slot
             .state
+            // ordering: equivalent (both): a commit writes no data and reads nothing after the CAS; the
+            // slot was acquired with its table word above.
             .compare_exchange(PREPARED, ONLINE, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
@@ -622,6 +632,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
                 let bare = word.map_addr(|addr| addr & !HIDDEN);
                 // SAFETY: a hidden word with a pointer is a retired slot, alive
                 // until the container drops (see `slot_at`).
+                // ordering: equivalent: only the answer depends on it; the slot was acquired with the
+                // word above.
                 let state = unsafe { slot_at(bare) }.state.load(Ordering::Acquire);
                 return if state == RETIRED {
                     Ok(None)
@@ -635,6 +647,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
         let slot = unsafe { slot_at(word) };
         match slot
             .state
+            // ordering: equivalent (both): the value returned below was acquired with the table word above
+            // (the slot's fields are written before its publication, never after).
             .compare_exchange(PREPARED, RETIRING, Ordering::Acquire, Ordering::Acquire)
         {
             Ok(_) => {}
@@ -642,6 +656,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
             Err(_) => return Err(Error::Busy),
         }
         entry.store(word.map_addr(|addr| addr | HIDDEN), Ordering::Release);
+        // ordering: equivalent: every reader of RETIRED (revive, abort, state, retired) acquires the
+        // hidden word first, released just above after everything this thread did to the slot.
         slot.state.store(RETIRED, Ordering::Release);
         self.shared().published.fetch_sub(1, Ordering::Relaxed);
         Ok(Some(slot.value()))
@@ -698,6 +714,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
         let bare = word.map_addr(|addr| addr & !HIDDEN);
         // SAFETY: any other word is a slot pointer, maybe tagged HIDDEN, and slots
         // live until the container drops (see `slot_at`).
+        // ordering: equivalent: only the answer depends on it; the slot was acquired with its table
+        // word above.
         match unsafe { slot_at(bare) }.state.load(Ordering::Acquire) {
             PREPARED => SlotState::Prepared,
             ONLINE => SlotState::Online,
@@ -743,6 +761,8 @@ impl<T, P: Platform, A: RawAlloc, F> PerCpu<T, P, A, F> {
         // SAFETY: a hidden word with a pointer is a retired (or transitioning)
         // slot, alive until the container drops (see `slot_at`).
         let slot = unsafe { slot_at(word.map_addr(|addr| addr & !HIDDEN)) };
+        // ordering: equivalent: the value was acquired with the hidden word above (released by the
+        // abort after the value's writes, and a revival writes no data).
         (slot.state.load(Ordering::Acquire) == RETIRED).then(|| slot.value())
     }
 
@@ -841,6 +861,8 @@ where
 
 impl<T, P: Platform, A: RawAlloc, F> Drop for PerCpu<T, P, A, F> {
     fn drop(&mut self) {
+        // ordering: equivalent: `&mut self`: whatever handed this thread the container exclusively
+        // (a join, an Arc's last drop) already ordered every slot's writes before the drop.
         let mut next = self.shared().head.load(Ordering::Acquire);
         while let Some(slot) = NonNull::new(next) {
             // SAFETY: every slot on the list was built by `build` with
@@ -897,6 +919,9 @@ impl<'a, T> Iterator for Iter<'a, T> {
             // written before the slot was pushed with a release CAS that our
             // acquire load of the head (or of the previous link) saw.
             let slot: &'a Slot<T> = unsafe { self.next.as_ref() }?;
+            // ordering: equivalent: every slot was pushed by a release CAS on `head`, and read-modify-writes
+            // continue release sequences, so the acquire load of `head` that began the walk ordered every
+            // slot's fields (`next` included) already.
             self.next = slot.next.load(Ordering::Acquire);
             let Some(table) = self.table else {
                 return Some((slot.index, slot.value()));
@@ -904,6 +929,8 @@ impl<'a, T> Iterator for Iter<'a, T> {
             // Visible only if the table publishes this very slot now.
             let published = table
                 .get(slot.index.as_usize())
+                // ordering: equivalent: only compared with the slot pointer; the slot's value was ordered by
+                // the walk's acquire of `head`.
                 .is_some_and(|entry| ptr::eq(entry.load(Ordering::Acquire), slot));
             if published {
                 return Some((slot.index, slot.value()));
@@ -937,6 +964,8 @@ impl<T, A: RawAlloc> Drop for UndoBuild<'_, T, A> {
             // published, so no one else holds it.
             unsafe { self.alloc.deallocate(block, self.layout) };
         }
+        // ordering: equivalent: ABSENT carries nothing: whoever reads it reads no memory of this failed
+        // build (the block went back to the allocator, synchronised on its own).
         self.entry.store(absent(), Ordering::Release);
     }
 }

@@ -228,3 +228,32 @@ fn a_flow_moved_after_its_last_ticket_is_delivered_stays_in_order() {
         second.join().unwrap();
     });
 }
+
+/// `drain_all` on another thread claims the owner's ring right after (or
+/// before) the owner's consumer: the claim hands over the consumer's position,
+/// so every item is taken exactly once. No spinning: each side claims once.
+#[test]
+fn drain_all_on_another_thread_races_the_owners_consumer() {
+    loom::model(|| {
+        let platform = LoomPlatform::new(2).unwrap();
+        let inbox = inbox(&platform, 2);
+        assert_eq!(inbox.prepare(cpu(0)).unwrap(), Prepared::New);
+        push_until_taken(&platform, 1, &inbox, 0, 10);
+        push_until_taken(&platform, 1, &inbox, 0, 20);
+        let owner = {
+            let (platform, inbox) = (platform.clone(), inbox.clone());
+            thread::spawn(move || {
+                platform.on(0, |_| ());
+                platform
+                    .pinned(|pin| inbox.consumer(pin).map(|c| c.take(1).collect::<Vec<_>>()))
+                    .unwrap()
+                    .unwrap_or_default()
+            })
+        };
+        let mut got: Vec<u64> = inbox.drain_all().map(|(_, item)| item).collect();
+        got.extend(owner.join().unwrap());
+        got.extend(inbox.drain_all().map(|(_, item)| item));
+        got.sort_unstable();
+        assert_eq!(got, [10, 20]);
+    });
+}

@@ -202,3 +202,179 @@ fn revive_races_a_reader_and_a_duplicate_failure() {
         assert_eq!(t.iter_all().count(), 1);
     });
 }
+
+/// A commit spinning on the processor a prepare on another thread is building
+/// answers `NotPrepared` or `Busy` until it sees the slot, then commits it, and
+/// a duplicate prepare after that finds it `Already`. Events for one processor
+/// are serialised by Windows, but the docs promise `Busy`, never UB, when they
+/// are not.
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn a_commit_races_the_prepare_of_its_processor() {
+    loom::model(|| {
+        let t = table(1);
+        let writer = spawn(&t, |t| prepare(t, 0));
+        loop {
+            match t.commit(cpu(0)) {
+                Ok(()) => break,
+                Err(perproc::Error::NotPrepared | perproc::Error::Busy) => thread::yield_now(),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(t.state(cpu(0)), SlotState::Online);
+        assert_eq!(t.prepare(cpu(0)).unwrap(), Prepared::Already);
+        assert_eq!(*await_published(&t, 0), value(cpu(0)));
+        writer.join().unwrap();
+    });
+}
+
+/// Code on another thread that finds a processor's slot retired reads the value
+/// the prepare built: the retired word is released by the abort after the
+/// value was written. Not a publication model: the abort's release store is not
+/// `PUBLISH`, so it passes in the mutant build too.
+#[test]
+fn abort_races_a_reader_of_the_retired_slot() {
+    loom::model(|| {
+        let t = table(1);
+        let writer = spawn(&t, |t| {
+            prepare(t, 0);
+            t.abort(cpu(0)).unwrap();
+        });
+        loop {
+            if let Some(v) = t.retired(cpu(0)) {
+                assert_eq!(*v, value(cpu(0)));
+                break;
+            }
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+    });
+}
+
+/// A revival on one thread of a slot another thread built and aborted, racing a
+/// reader on a third: the reader that sees the revived word reads the value the
+/// builder wrote, ordered through the reviver (which joined the builder) and
+/// its publication.
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn a_revival_on_another_thread_races_a_reader() {
+    loom::model(|| {
+        let t = table(1);
+        let builder = spawn(&t, |t| {
+            prepare(t, 0);
+            t.abort(cpu(0)).unwrap();
+        });
+        // The reviver waits for the builder by joining it (no spinning: three
+        // spinning threads exceed loom's branch limit).
+        let reviver = spawn(&t, move |t| {
+            builder.join().unwrap();
+            assert_eq!(t.prepare(cpu(0)).unwrap(), Prepared::New);
+        });
+        // Loom explores the schedules where the first word this reader sees is
+        // the revived one.
+        await_published(&t, 0);
+        reviver.join().unwrap();
+    });
+}
+
+/// Two prepares of one processor on two threads (a duplicate AddStart): one
+/// builds, the other waits out `Busy` and then finds the slot `Already`,
+/// reading its state only after acquiring the word that published it.
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn two_prepares_of_one_processor_race() {
+    loom::model(|| {
+        let t = table(1);
+        let prepare_until_done = |t: &Table| loop {
+            match t.prepare(cpu(0)) {
+                Ok(done) => return done,
+                Err(perproc::Error::Busy) => thread::yield_now(),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        let other = spawn(&t, move |t| {
+            let _ = prepare_until_done(t);
+        });
+        let mine = prepare_until_done(&t);
+        other.join().unwrap();
+        // Either this thread built the slot or it found it built.
+        assert!(matches!(mine, Prepared::New | Prepared::Already));
+        assert_eq!(t.iter_all().count(), 1);
+    });
+}
+
+/// `state` spinning on a processor another thread prepares.
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn state_races_the_prepare_of_its_processor() {
+    loom::model(|| {
+        let t = table(1);
+        let writer = spawn(&t, |t| prepare(t, 0));
+        while t.state(cpu(0)) != SlotState::Prepared {
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+    });
+}
+
+/// An abort (AddFailure) spinning on a processor another thread prepares: when
+/// it hides the slot it returns the value the other thread built.
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn abort_races_the_prepare_of_its_processor() {
+    loom::model(|| {
+        let t = table(1);
+        let writer = spawn(&t, |t| prepare(t, 0));
+        loop {
+            match t.abort(cpu(0)) {
+                Ok(Some(v)) => {
+                    assert_eq!(*v, value(cpu(0)));
+                    break;
+                }
+                Ok(None) | Err(perproc::Error::Busy) => thread::yield_now(),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(t.state(cpu(0)), SlotState::Retired);
+    });
+}
+
+/// `iter_all` (retired slots too) racing a prepare: what it yields is fully built.
+#[test]
+#[cfg_attr(
+    perproc_mutant = "relaxed_publish",
+    should_panic(expected = "Causality violation")
+)]
+fn prepare_races_iteration_of_all_slots() {
+    loom::model(|| {
+        let t = table(2);
+        let writer = spawn(&t, |t| prepare(t, 1));
+        loop {
+            let seen: Vec<_> = t.iter_all().collect();
+            for (i, v) in &seen {
+                assert_eq!(**v, value(*i));
+            }
+            if !seen.is_empty() {
+                break;
+            }
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+    });
+}

@@ -273,10 +273,13 @@ fn counter_adds_race_sums_and_an_aborted_add() {
         let first = stats.sum(N);
         let second = stats.sum(N);
         assert!(second >= first, "a sum went down: {first} then {second}");
+        // `sums` (every counter in one pass) keeps the same promises.
+        let [third] = stats.sums();
+        assert!(third >= second, "a sum went down: {second} then {third}");
         // Never torn: each processor's count is one it had (processor 0's are
         // not ordered with processor 1's). And a sum that sees what processor 1
         // counted after its abort sees what it counted before.
-        for sum in [first, second] {
+        for sum in [first, second, third] {
             let possible = [0, 1, 3].iter().any(|p0| {
                 sum.checked_sub(*p0)
                     .is_some_and(|p1| [0, 10, 110].contains(&p1))

@@ -193,6 +193,8 @@ impl<T> Ring<T> {
 
     /// Items queued now (a snapshot; may count items being pushed).
     pub(super) fn len(&self) -> usize {
+        // ordering: equivalent (both loads): a snapshot count; no memory is read
+        // through it, and callers that act on items get them through a claim.
         let tail = self.tail.load(Ordering::Acquire);
         let delivered = self.consumer.delivered.load(Ordering::Acquire);
         tail.wrapping_sub(delivered).min(self.mask.wrapping_add(1))

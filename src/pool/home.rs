@@ -46,6 +46,9 @@ impl Home {
             // SAFETY: a slot is at least a pointer, aligned for one (slab::ObjectSlot),
             // and ours alone until the CAS below publishes it.
             unsafe { round.cast::<*mut u8>().as_ptr().write(head) };
+            // ordering: loom-blind: needed: the link written through the raw
+            // pointer above must reach `take_all`'s walk; loom cannot see memory
+            // written through raw pointers (miri's race detector can, per run).
             match self.head.compare_exchange_weak(
                 head,
                 round.as_ptr(),
@@ -60,6 +63,8 @@ impl Home {
 
     /// Takes every slot pushed so far.
     pub(super) fn take_all(&self) -> Taken<'_> {
+        // ordering: loom-blind: needed: pairs with `push`'s release CAS so the
+        // links read through raw pointers below are the ones written there.
         let first = self.head.swap(ptr::null_mut(), Ordering::Acquire);
         Taken {
             next: NonNull::new(first),

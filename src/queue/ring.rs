@@ -222,6 +222,8 @@ impl<T> Ring<T> {
 
     /// Items queued now (a snapshot).
     pub(super) fn len(&self, capacity: usize) -> usize {
+        // ordering: equivalent (both loads): a snapshot count; no memory is read
+        // through it, and callers that act on items get them through a claim.
         let head = self.consumer.head.load(Ordering::Acquire);
         let tail = self.tail.load(Ordering::Acquire);
         tail.wrapping_sub(head).min(capacity)
@@ -236,6 +238,9 @@ impl<T> Ring<T> {
     /// queue (`&mut` or by value), and no claim or drain of it is alive (a
     /// leaked one is never used again).
     pub(super) unsafe fn take_unclaimed(&self, mask: usize) -> Option<T> {
+        // ordering: equivalent (the loads here and the store below): the caller
+        // owns the queue (`&mut` or by value), and whatever handed it over
+        // exclusively (a join, an Arc's last drop) ordered every push and claim.
         let head = self.consumer.head.load(Ordering::Acquire);
         if head == self.tail.load(Ordering::Acquire) {
             return None;
@@ -254,6 +259,8 @@ impl<T> Ring<T> {
         self.consumer
             .taken
             .with_mut(|taken| unsafe { *taken = head });
+        // ordering: equivalent: see above (the queue is owned: no other thread
+        // reads `head` until whatever hands the queue on orders it).
         self.consumer.head.store(head, Ordering::Release);
         Some(item)
     }
