@@ -4,18 +4,13 @@
 
 mod common;
 
-use common::{cpu, on};
+use common::{cpu, on, Arena};
 
-use std::alloc::Layout;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use perproc::host::{HostAlloc, HostPlatform};
 use perproc::testing::CountingAlloc;
-use perproc::{
-    AllocError, Limits, PerCpuPool, Platform, PoolBox, Prepared, ProcessorIndex, RawAlloc,
-};
+use perproc::{Limits, PerCpuPool, Platform, PoolBox, Prepared, RawAlloc};
 
 /// A request a driver would queue: it knows what it holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -276,47 +271,6 @@ fn a_box_given_to_another_pools_free_goes_home_to_its_own() {
     assert_eq!(pool_b.teardown(), 0);
 }
 
-/// Keeps every live block and frees what is left when dropped, so a test can
-/// leak on purpose (a teardown with outstanding objects) without leaking.
-struct Arena {
-    live: Mutex<Vec<Block>>,
-}
-
-struct Block(NonNull<u8>, Layout);
-
-// SAFETY: a block is plain memory owned by the arena; any thread may free it.
-unsafe impl Send for Block {}
-
-// SAFETY: blocks come from HostAlloc unchanged and go back to it unchanged.
-unsafe impl RawAlloc for Arena {
-    fn allocate(
-        &self,
-        layout: Layout,
-        processor: Option<ProcessorIndex>,
-    ) -> Result<NonNull<u8>, AllocError> {
-        let block = HostAlloc.allocate(layout, processor)?;
-        self.live.lock().unwrap().push(Block(block, layout));
-        Ok(block)
-    }
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        let mut live = self.live.lock().unwrap();
-        let at = live.iter().position(|block| block.0 == ptr).unwrap();
-        live.swap_remove(at);
-        // SAFETY: forwarded from our caller.
-        unsafe { HostAlloc.deallocate(ptr, layout) }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        for Block(ptr, layout) in self.live.get_mut().unwrap().drain(..) {
-            // SAFETY: a block of ours that no one uses any more (the pool that
-            // kept it is gone, and so are its objects).
-            unsafe { HostAlloc.deallocate(ptr, layout) };
-        }
-    }
-}
-
 static DROPS: AtomicUsize = AtomicUsize::new(0);
 
 struct Counted(u64);
@@ -330,9 +284,7 @@ impl Drop for Counted {
 #[test]
 fn a_box_dropped_after_teardown_reported_it_is_dropped_without_ub() {
     let platform = HostPlatform::new(2).unwrap();
-    let arena = Arena {
-        live: Mutex::new(Vec::new()),
-    };
+    let arena = Arena::default();
     let pool = PerCpuPool::<Counted, _, _>::new_in(
         &platform,
         &arena,
@@ -369,15 +321,13 @@ fn a_box_dropped_after_teardown_reported_it_is_dropped_without_ub() {
     assert_eq!(moved, 42);
     assert_eq!(DROPS.load(Ordering::SeqCst), 2);
     // Only the slab and the home are left, freed by the arena.
-    assert_eq!(arena.live.lock().unwrap().len(), 2);
+    assert_eq!(arena.live_blocks(), 2);
 }
 
 #[test]
 fn a_box_dropped_after_the_pool_was_dropped_is_fine_too() {
     let platform = HostPlatform::new(1).unwrap();
-    let arena = Arena {
-        live: Mutex::new(Vec::new()),
-    };
+    let arena = Arena::default();
     let pool = PerCpuPool::<Vec<u8>, _, _>::new_in(
         &platform,
         &arena,

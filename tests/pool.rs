@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cpu;
+use common::{cpu, Arena};
 
 use std::alloc::Layout;
 use std::collections::{HashMap, HashSet};
@@ -457,52 +457,10 @@ fn a_stranded_cache_is_reused_by_the_next_add_and_reclaimed_at_drop() {
     assert_eq!(counting.live_blocks(), 0);
 }
 
-/// Keeps every live block and frees what is left when dropped, so a test can
-/// leak on purpose without leaking.
-struct Arena {
-    live: Mutex<Vec<Block>>,
-}
-
-struct Block(NonNull<u8>, Layout);
-
-// SAFETY: a block is plain memory owned by the arena; any thread may free it.
-unsafe impl Send for Block {}
-
-// SAFETY: blocks come from HostAlloc unchanged and go back to it unchanged.
-unsafe impl RawAlloc for Arena {
-    fn allocate(
-        &self,
-        layout: Layout,
-        processor: Option<ProcessorIndex>,
-    ) -> Result<NonNull<u8>, AllocError> {
-        let block = HostAlloc.allocate(layout, processor)?;
-        self.live.lock().unwrap().push(Block(block, layout));
-        Ok(block)
-    }
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        let mut live = self.live.lock().unwrap();
-        let at = live.iter().position(|block| block.0 == ptr).unwrap();
-        live.swap_remove(at);
-        // SAFETY: forwarded from our caller.
-        unsafe { HostAlloc.deallocate(ptr, layout) }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        for Block(ptr, layout) in self.live.get_mut().unwrap().drain(..) {
-            // SAFETY: a block of ours that no one uses any more.
-            unsafe { HostAlloc.deallocate(ptr, layout) };
-        }
-    }
-}
-
 #[test]
 fn teardown_reports_outstanding_objects_and_keeps_their_memory() {
     let platform = HostPlatform::new(2).unwrap();
-    let arena = Arena {
-        live: Mutex::new(Vec::new()),
-    };
+    let arena = Arena::default();
     {
         let pool = pool_on(
             &platform,
@@ -529,7 +487,7 @@ fn teardown_reports_outstanding_objects_and_keeps_their_memory() {
         // SAFETY: the pool kept the slab because this object was outstanding.
         assert_eq!(unsafe { kept.as_ref() }.token(), 42);
         // The slabs and the home stay; everything else went.
-        assert_eq!(arena.live.lock().unwrap().len(), slabs + 1);
+        assert_eq!(arena.live_blocks(), slabs + 1);
     }
     {
         // Nothing outstanding: everything goes.
@@ -545,10 +503,10 @@ fn teardown_reports_outstanding_objects_and_keeps_their_memory() {
             .pinned(|pin| pool.alloc(pin, Obj::new(1)).unwrap())
             .unwrap();
         drop(object); // unpinned: onto the home list, which teardown takes in
-        let before = arena.live.lock().unwrap().len();
+        let before = arena.live_blocks();
         assert_eq!(pool.teardown(), 0);
         // table, home and slab
-        assert_eq!(arena.live.lock().unwrap().len(), before - 3);
+        assert_eq!(arena.live_blocks(), before - 3);
     }
 }
 

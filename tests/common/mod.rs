@@ -1,11 +1,13 @@
 //! Helpers shared by the core's integration tests.
 #![allow(dead_code)]
 
+use std::alloc::Layout;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use perproc::host::HostPlatform;
-use perproc::{Component, Error, ProcessorIndex};
+use perproc::host::{HostAlloc, HostPlatform};
+use perproc::{AllocError, Component, Error, ProcessorIndex, RawAlloc};
 
 pub fn cpu(i: u32) -> ProcessorIndex {
     ProcessorIndex::new(i).unwrap()
@@ -92,5 +94,54 @@ impl Built {
     /// Panics unless this is exactly `Built::new(index)`.
     pub fn check(&self, index: ProcessorIndex) {
         assert_eq!(self, &Built::new(index), "slot {index} not fully built");
+    }
+}
+
+/// Keeps every live block and frees what is left when dropped, so a test can
+/// leak on purpose (a teardown with outstanding objects) without leaking.
+#[derive(Default)]
+pub struct Arena {
+    live: Mutex<Vec<Block>>,
+}
+
+impl Arena {
+    /// Blocks allocated and not freed.
+    pub fn live_blocks(&self) -> usize {
+        self.live.lock().unwrap().len()
+    }
+}
+
+struct Block(NonNull<u8>, Layout);
+
+// SAFETY: a block is plain memory owned by the arena; any thread may free it.
+unsafe impl Send for Block {}
+
+// SAFETY: blocks come from HostAlloc unchanged and go back to it unchanged.
+unsafe impl RawAlloc for Arena {
+    fn allocate(
+        &self,
+        layout: Layout,
+        processor: Option<ProcessorIndex>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let block = HostAlloc.allocate(layout, processor)?;
+        self.live.lock().unwrap().push(Block(block, layout));
+        Ok(block)
+    }
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        let mut live = self.live.lock().unwrap();
+        let at = live.iter().position(|block| block.0 == ptr).unwrap();
+        live.swap_remove(at);
+        // SAFETY: forwarded from our caller.
+        unsafe { HostAlloc.deallocate(ptr, layout) }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for Block(ptr, layout) in self.live.get_mut().unwrap().drain(..) {
+            // SAFETY: a block of ours that no one uses any more (the pool that
+            // kept it is gone, and so are its objects).
+            unsafe { HostAlloc.deallocate(ptr, layout) };
+        }
     }
 }
