@@ -413,23 +413,27 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// ```
     #[inline]
     pub fn local<'g>(&'g self, pin: &'g PinGuard<'g, P>) -> LocalPool<'g, T, P, A> {
+        let (cache, at) = self.pinned_cache(pin);
         LocalPool {
             pool: self,
             pin,
-            at: self.local_index(pin),
-            cache: self.caches.current(pin),
+            at,
+            cache,
         }
     }
 
     /// The processor `pin` holds, if it is one of this pool's machine (a pin
     /// of a platform that does not share processors with the pool's goes to
-    /// the depot and touches no processor's cache).
+    /// the depot and touches no processor's cache), and its published cache.
+    /// The platforms are compared once, here.
     #[inline(always)]
-    fn local_index(&self, pin: &PinGuard<'_, P>) -> Option<ProcessorIndex> {
-        self.caches
+    fn pinned_cache(&self, pin: &PinGuard<'_, P>) -> (Option<&Cache>, Option<ProcessorIndex>) {
+        let at = self
+            .caches
             .platform()
             .shares_processors(pin.platform())
-            .then(|| pin.processor())
+            .then(|| pin.processor());
+        (at.and_then(|index| self.caches.get(index)), at)
     }
 
     /// The whole pool's figures. Never blocks, never takes the lock.
@@ -520,8 +524,9 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// Takes one free object, on the fast path if this processor has one cached.
     #[inline(always)]
     fn take(&self, pin: &PinGuard<'_, P>) -> Result<Round, Error> {
-        // SAFETY: `pin` pins us to its processor; the cache is that processor's.
-        unsafe { self.take_from(self.caches.current(pin), self.local_index(pin)) }
+        let (cache, at) = self.pinned_cache(pin);
+        // SAFETY: `pin` pins us to `at`'s processor; the cache is that processor's.
+        unsafe { self.take_from(cache, at) }
     }
 
     /// [`take`](Self::take) with the processor's cache already looked up.
@@ -646,9 +651,10 @@ impl<T, P: Platform, A: RawAlloc> PerCpuPool<T, P, A> {
     /// `round` is a slot of this pool that no one uses any more.
     #[inline(always)]
     unsafe fn put(&self, pin: &PinGuard<'_, P>, round: Round) {
-        // SAFETY: `pin` pins us to its processor; the cache is that processor's;
+        let (cache, at) = self.pinned_cache(pin);
+        // SAFETY: `pin` pins us to `at`'s processor; the cache is that processor's;
         // a free slot (caller).
-        unsafe { self.put_into(self.caches.current(pin), self.local_index(pin), round) }
+        unsafe { self.put_into(cache, at, round) }
     }
 
     /// [`put`](Self::put) with the processor's cache already looked up.
