@@ -144,8 +144,8 @@ impl<T> Ring<T> {
             // Acquire: the consumer moved the previous lap's item out before its
             // release store freed the entry.
             let seq = entry.seq.load(Ordering::Acquire);
-            if seq == pos {
-                match self.tail.compare_exchange_weak(
+            match Lap::of(seq, pos) {
+                Lap::Free => match self.tail.compare_exchange_weak(
                     pos,
                     pos.wrapping_add(1),
                     Ordering::Relaxed,
@@ -162,13 +162,9 @@ impl<T> Ring<T> {
                         return Ok(pos);
                     }
                     Err(now) => pos = now,
-                }
-            } else if seq.wrapping_sub(pos) > usize::MAX / 2 {
-                // The entry still holds the item of the previous lap: full.
-                return Err(item);
-            } else {
-                // Another producer took `pos` meanwhile.
-                pos = self.tail.load(Ordering::Relaxed);
+                },
+                Lap::Full => return Err(item),
+                Lap::Stale => pos = self.tail.load(Ordering::Relaxed),
             }
         }
     }
@@ -232,6 +228,34 @@ impl<T> Ring<T> {
     }
 }
 
+/// What a producer about to write position `pos` finds in its entry, from
+/// the entry's sequence number `seq` (positions and sequences only grow, and
+/// wrap: compared by difference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lap {
+    /// `seq == pos`: the entry is free for `pos`.
+    Free,
+    /// `seq` is behind `pos` (by `entries - 1`): the entry still holds the
+    /// previous lap's item, not yet consumed: the ring is full.
+    Full,
+    /// `seq` is ahead of `pos`: another producer took `pos` (`seq == pos + 1`),
+    /// or took it and the consumer already freed the entry for the next lap
+    /// (`seq == pos + entries`); either way `pos` is stale, read the tail again.
+    Stale,
+}
+
+impl Lap {
+    #[inline(always)]
+    fn of(seq: usize, pos: usize) -> Self {
+        match seq.wrapping_sub(pos) {
+            0 => Self::Free,
+            // Half the range: far more than any ring's entries either way.
+            behind if behind > usize::MAX / 2 => Self::Full,
+            _ => Self::Stale,
+        }
+    }
+}
+
 /// The consumer side of one ring, held; released (and the delivered watermark
 /// published) on drop.
 pub(super) struct Claim<'a, T> {
@@ -284,5 +308,35 @@ impl<T> Drop for Claim<'_, T> {
         self.ring.consumer.head.with_mut(|at| unsafe { *at = head });
         self.ring.consumer.delivered.store(self.head, PUBLISH);
         self.ring.consumer.busy.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lap;
+
+    #[test]
+    fn a_producer_tells_free_full_and_stale_entries_apart_at_every_lap() {
+        for entries in [2usize, 4, 64, 1 << 20] {
+            for pos in [
+                0,
+                1,
+                5,
+                entries,
+                3 * entries + 1,
+                usize::MAX - 1,
+                usize::MAX,
+            ] {
+                assert_eq!(Lap::of(pos, pos), Lap::Free);
+                // The previous lap's item, still there (pos - entries + 1).
+                let previous_lap = pos.wrapping_sub(entries).wrapping_add(1);
+                assert_eq!(Lap::of(previous_lap, pos), Lap::Full, "{entries} {pos}");
+                // Taken by another producer, and then consumed and freed for
+                // the next lap: stale, never full.
+                assert_eq!(Lap::of(pos.wrapping_add(1), pos), Lap::Stale);
+                let next_lap = pos.wrapping_add(entries);
+                assert_eq!(Lap::of(next_lap, pos), Lap::Stale, "{entries} {pos}");
+            }
+        }
     }
 }
