@@ -226,3 +226,48 @@ fn counters_count_another_machines_pin_as_unplaced() {
         }
     );
 }
+
+#[test]
+fn the_host_platform_checks_its_size_and_refuses_rebinding_while_pinned() {
+    use perproc::host::HOST_MAX_PROCESSORS;
+    use perproc::Error;
+    let largest = HostPlatform::with_groups(HOST_MAX_PROCESSORS, 64).unwrap();
+    assert_eq!(largest.max_processors(), HOST_MAX_PROCESSORS);
+    assert_eq!(
+        HostPlatform::with_groups(HOST_MAX_PROCESSORS + 1, 64),
+        Err(Error::CapacityOverflow)
+    );
+    assert_eq!(
+        HostPlatform::with_groups(8, 0),
+        Err(Error::CapacityOverflow)
+    );
+    assert_eq!(
+        HostPlatform::with_groups(8, 65),
+        Err(Error::CapacityOverflow)
+    );
+    assert_eq!(HostPlatform::with_groups(8, 3).unwrap().groups().size(), 3);
+
+    let host = HostPlatform::new(4).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            host.bind_current_thread(cpu(1)).unwrap();
+            assert!(matches!(
+                host.bind_current_thread(cpu(4)),
+                Err(Error::IndexOutOfRange { capacity: 4, .. })
+            ));
+            host.pinned(|pin| {
+                assert_eq!(pin.processor(), cpu(1));
+                assert_eq!(
+                    format!("{pin:?}"),
+                    "PinGuard { processor: ProcessorIndex(1), .. }"
+                );
+                // Moving the thread while it is pinned would break the pin.
+                assert_eq!(host.bind_current_thread(cpu(2)), Err(Error::Busy));
+            })
+            .unwrap();
+            host.bind_current_thread(cpu(2)).unwrap();
+            host.pinned(|pin| assert_eq!(pin.processor(), cpu(2)))
+                .unwrap();
+        });
+    });
+}

@@ -5,7 +5,13 @@ use core::alloc::Layout;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
+// Loom's atomics under `cfg(loom)`, so the loom models (loom-tests/tests/slot.rs)
+// see every access; `core`'s otherwise.
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicPtr, AtomicUsize};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicPtr, AtomicUsize};
 
 use perproc::RawAlloc;
 
@@ -66,7 +72,19 @@ unsafe impl<T: Send> Send for DriverSlot<T> {}
 
 impl<T> DriverSlot<T> {
     /// An empty slot (usable in a `static`).
+    #[cfg(not(loom))]
     pub const fn new() -> Self {
+        Self {
+            stored: AtomicPtr::new(ptr::null_mut()),
+            rundown: AtomicUsize::new(0),
+            _owns: PhantomData,
+        }
+    }
+
+    /// An empty slot (loom's atomics have no `const fn new`: under `cfg(loom)`
+    /// a slot is made inside the model, not in a `static`).
+    #[cfg(loom)]
+    pub fn new() -> Self {
         Self {
             stored: AtomicPtr::new(ptr::null_mut()),
             rundown: AtomicUsize::new(0),
@@ -81,6 +99,9 @@ impl<T> DriverSlot<T> {
     /// occupied or `STATUS_INSUFFICIENT_RESOURCES` if the block could not be
     /// allocated.
     pub fn install(&self, value: T, pool: PoolAlloc) -> Result<(), (T, NTSTATUS)> {
+        // ordering: equivalent: the pointer is only compared with null, never
+        // dereferenced, and when it is not null `install` returns its own value;
+        // the compare-and-swap below decides and publishes either way.
         if !self.stored.load(Ordering::Acquire).is_null() {
             return Err((value, STATUS_INVALID_DEVICE_STATE));
         }
@@ -94,6 +115,9 @@ impl<T> DriverSlot<T> {
             ptr::null_mut(),
             block.as_ptr(),
             Ordering::AcqRel,
+            // ordering: equivalent: on failure the block found is not touched:
+            // `install` frees its own (never published) block and returns its
+            // own value, so there is nothing to acquire.
             Ordering::Acquire,
         ) {
             Ok(_) => Ok(()),
@@ -120,6 +144,9 @@ impl<T> DriverSlot<T> {
                 return None;
             }
             let next = now.checked_add(USER)?;
+            // Acquire: pairs with `take` reopening the slot (Release), so a
+            // user that comes after a `take` sees its swap: an empty slot,
+            // never the freed block.
             match self.rundown.compare_exchange_weak(
                 now,
                 next,
@@ -151,13 +178,19 @@ impl<T> DriverSlot<T> {
         let mut now = self.rundown.load(Ordering::Relaxed);
         loop {
             if now & CLOSING != 0 {
-                core::hint::spin_loop();
+                spin();
                 now = self.rundown.load(Ordering::Relaxed);
                 continue;
             }
             match self.rundown.compare_exchange_weak(
                 now,
                 now | CLOSING,
+                // ordering: equivalent: nothing is read between this and the
+                // wait loop below, whose Acquire load reads this value or a
+                // later one; every change of `rundown` is a read-modify-write,
+                // so that value is in the release sequence of every release
+                // before this one (users leaving, an earlier `take` reopening)
+                // and the loop synchronizes with each of them.
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
@@ -168,9 +201,13 @@ impl<T> DriverSlot<T> {
         // Wait for the active users; acquire pairs with their release, so their
         // uses of the value happen before it is moved out.
         while self.rundown.load(Ordering::Acquire) != CLOSING {
-            core::hint::spin_loop();
+            spin();
         }
+        // Acquire: pairs with the install's release, so the value moved out is
+        // the one written.
         let block = NonNull::new(self.stored.swap(ptr::null_mut(), Ordering::AcqRel));
+        // Release: a later `with` acquires it (its compare-and-swap), so it
+        // sees the swap above.
         self.rundown.fetch_and(!CLOSING, Ordering::Release);
         // SAFETY: a published block, unpublished by the swap above, so this is
         // its only owner; no user of `with` holds a reference (none was active
@@ -194,6 +231,11 @@ impl<T> DriverSlot<T> {
     }
 
     /// Whether a value is installed.
+    ///
+    /// `true` also means the [`install`](Self::install) happened before this
+    /// call (an acquire): what the installing thread did before it is visible
+    /// to the caller, so a flag-like use ("is the driver initialised?") is
+    /// sound.
     pub fn is_installed(&self) -> bool {
         !self.stored.load(Ordering::Acquire).is_null()
     }
@@ -229,6 +271,16 @@ impl Drop for ActiveUser<'_> {
         // acquires the count, moves the value out.
         self.0.fetch_sub(USER, Ordering::Release);
     }
+}
+
+/// One turn of a spin-wait (loom's yield under `cfg(loom)`, so the models
+/// make progress).
+#[inline]
+fn spin() {
+    #[cfg(loom)]
+    loom::hint::spin_loop();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
 }
 
 /// Moves the value out of its block and frees the block.
