@@ -103,7 +103,7 @@ use crate::{
     SlotState,
 };
 
-/// A slab holds at least this many bytes of objects (and at least a magazine).
+/// A slab holds as many slots as fit in this many bytes, and at least a magazine's worth.
 const SLAB_BYTES: usize = 4096;
 
 /// The bounds of a [`PerCpuPool`].

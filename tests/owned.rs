@@ -368,3 +368,101 @@ fn into_raw_then_free_raw_round_trips() {
     assert_eq!(pool.stats().outstanding, 0);
     assert_eq!(pool.teardown(), 0);
 }
+
+/// At its total limit the pool cannot grow: boxes dropped away from it (on
+/// another thread, unpinned) must be taken back, or the driver sees
+/// `Exhausted` while objects are free.
+fn dropped_boxes_are_reused_at_the_total_limit(prepared: bool) {
+    let platform = HostPlatform::new(2).unwrap();
+    let pool = PerCpuPool::<u64, _>::new(
+        &platform,
+        Limits {
+            total: 16,
+            per_cpu: 8,
+        },
+    )
+    .unwrap();
+    if prepared {
+        assert_eq!(pool.prepare(cpu(0)), Ok(Prepared::New));
+    }
+    let mut held = drain_pool(&platform, &pool);
+    assert_eq!(held.len(), 16);
+    let full = platform.pinned(|pin| pool.alloc(pin, 0).err()).unwrap();
+    assert_eq!(full, Some(perproc::Error::Exhausted));
+    // Two completions dropped on another thread instead of freed.
+    let dropped: Vec<_> = held.drain(..2).collect();
+    let mut addresses: Vec<usize> = dropped
+        .iter()
+        .map(|b| &**b as *const u64 as usize)
+        .collect();
+    std::thread::spawn(move || drop(dropped)).join().unwrap();
+    assert_eq!(pool.stats().returning, 2);
+    let mut reused: Vec<_> = platform
+        .pinned(|pin| (0..2).map(|i| pool.alloc(pin, i).unwrap()).collect())
+        .unwrap();
+    let mut again: Vec<usize> = reused.iter().map(|b| &**b as *const u64 as usize).collect();
+    addresses.sort_unstable();
+    again.sort_unstable();
+    assert_eq!(again, addresses, "the dropped objects, taken back");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.objects, stats.outstanding, stats.returning),
+        (16, 16, 0),
+        "{stats:?}"
+    );
+    let full = platform.pinned(|pin| pool.alloc(pin, 0).err()).unwrap();
+    assert_eq!(full, Some(perproc::Error::Exhausted));
+    held.append(&mut reused);
+    platform
+        .pinned(|pin| {
+            for object in held {
+                pool.free(pin, object);
+            }
+        })
+        .unwrap();
+    assert_eq!(pool.teardown(), 0);
+}
+
+#[test]
+fn boxes_dropped_off_processor_are_reused_at_the_total_limit() {
+    dropped_boxes_are_reused_at_the_total_limit(true);
+}
+
+#[test]
+fn boxes_dropped_off_processor_are_reused_at_the_limit_without_a_cache() {
+    dropped_boxes_are_reused_at_the_total_limit(false);
+}
+
+/// A box shows as its value, with the formatter's options (`{:#?}`) passed on.
+#[test]
+fn a_box_debug_is_its_value() {
+    let platform = HostPlatform::new(1).unwrap();
+    let pool = PerCpuPool::<Request, _>::new(
+        &platform,
+        Limits {
+            total: 4,
+            per_cpu: 2,
+        },
+    )
+    .unwrap();
+    let request = Request {
+        lba: 2048,
+        sectors: 8,
+    };
+    let boxed = platform
+        .pinned(|pin| {
+            pool.alloc(
+                pin,
+                Request {
+                    lba: 2048,
+                    sectors: 8,
+                },
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(format!("{boxed:?}"), "Request { lba: 2048, sectors: 8 }");
+    assert_eq!(format!("{boxed:#?}"), format!("{request:#?}"));
+    platform.pinned(|pin| pool.free(pin, boxed)).unwrap();
+    assert_eq!(pool.teardown(), 0);
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cpu, Arena};
+use common::{cpu, on, Arena};
 
 use std::alloc::Layout;
 use std::collections::{HashMap, HashSet};
@@ -1134,4 +1134,221 @@ fn slabs_are_placed_for_the_processor_that_grew_the_pool() {
         Some(&2),
         "only the table and the home are unplaced"
     );
+}
+
+// Tests for the mutants `scripts/mutants logic` found surviving in the pool
+// (issue 13).
+
+/// `processors()` tells an aborted processor (its cache hidden, what it holds
+/// stranded) from a live one, as `processor_stats` does.
+#[test]
+fn processors_reports_aborted_processors_as_retired_and_live_ones_not() {
+    let platform = HostPlatform::new(4).unwrap();
+    let pool = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 64,
+            per_cpu: 8,
+        },
+    );
+    for i in 0..3 {
+        assert_eq!(pool.prepare(cpu(i)), Ok(Prepared::New));
+    }
+    // 0 online, 1 prepared (published, not online yet), 2 aborted (retired).
+    pool.commit(cpu(0)).unwrap();
+    pool.abort(cpu(2)).unwrap();
+    assert_eq!(pool.state(cpu(2)), SlotState::Retired);
+    let mut seen: Vec<_> = pool
+        .processors()
+        .map(|p| (p.processor, p.retired))
+        .collect();
+    seen.sort_by_key(|(processor, _)| processor.get());
+    assert_eq!(
+        seen,
+        [(cpu(0), false), (cpu(1), false), (cpu(2), true)],
+        "processor 3 has no cache and is not listed"
+    );
+    for processor in pool.processors() {
+        assert_eq!(
+            Some(processor),
+            pool.processor_stats(processor.processor),
+            "processors() and processor_stats agree"
+        );
+    }
+    // Added again: live, no longer retired.
+    assert_eq!(pool.prepare(cpu(2)), Ok(Prepared::New));
+    assert!(pool.processors().all(|p| !p.retired));
+}
+
+/// Hits and misses after a known sequence on one processor: magazines of 2,
+/// five allocations then five frees.
+#[test]
+fn processor_hits_and_misses_count_local_and_depot_operations() {
+    let platform = HostPlatform::new(2).unwrap();
+    let pool = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 64,
+            per_cpu: 4,
+        },
+    );
+    assert_eq!(pool.prepare(cpu(0)), Ok(Prepared::New));
+    pool.commit(cpu(0)).unwrap();
+    assert_eq!(pool.magazine_size(), 2);
+    on(&platform, 0, || {
+        platform
+            .pinned(|pin| {
+                let objects: Vec<_> = (0..5)
+                    .map(|i| pool.alloc(pin, Obj::new(i)).unwrap())
+                    .collect();
+                for object in objects {
+                    pool.free(pin, object);
+                }
+            })
+            .unwrap()
+    });
+    let stats = pool.processor_stats(cpu(0)).unwrap();
+    // Allocations: the 1st, 3rd and 5th find both magazines empty and go to the
+    // depot, which loads two objects; the 2nd and 4th take the second one.
+    assert_eq!((stats.alloc_hits, stats.alloc_misses), (2, 3), "{stats:?}");
+    // Frees: the first four fit in the two magazines; the fifth finds both full
+    // and trades one with the depot.
+    assert_eq!((stats.free_hits, stats.free_misses), (4, 1), "{stats:?}");
+    assert_eq!(stats.exchanges, 1, "{stats:?}");
+    // Hits are served locally, misses needed the depot: each operation is one.
+    assert_eq!(stats.hits(), 2 + 4, "{stats:?}");
+    assert_eq!(stats.misses(), 3 + 1, "{stats:?}");
+    assert_eq!(
+        stats.hits() + stats.misses(),
+        stats.allocs() + stats.frees()
+    );
+    assert_accounted(&pool, 0);
+}
+
+/// The pool grows by slabs of a page (4 KiB) of object slots, or a magazine's
+/// worth if that is more: nonpaged memory taken in small steps, but enough at a
+/// time to fill a magazine. A slot is the object, at least a pointer (the free
+/// list's link), padded to its alignment.
+#[test]
+fn a_slab_is_a_page_of_slots_or_a_magazine() {
+    fn slab_size<T>(per_cpu: usize) -> usize {
+        let platform = HostPlatform::new(2).unwrap();
+        let limits = Limits {
+            total: 1 << 20,
+            per_cpu,
+        };
+        PerCpuPool::<T, _>::new(&platform, limits)
+            .unwrap()
+            .slab_size()
+    }
+    assert_eq!(slab_size::<Obj>(8), 4096 / 64);
+    assert_eq!(slab_size::<u64>(8), 4096 / 8);
+    assert_eq!(slab_size::<u8>(8), 4096 / 8, "a slot holds a pointer");
+    assert_eq!(slab_size::<[u8; 1000]>(0), 4, "a page holds 4");
+    assert_eq!(slab_size::<[u8; 3000]>(0), 1);
+    // A magazine's worth when that is more than a page.
+    assert_eq!(slab_size::<Obj>(1024), 512);
+    assert_eq!(slab_size::<[u8; 1000]>(16), 8);
+    // The first allocation grows the pool by one slab.
+    let platform = HostPlatform::new(2).unwrap();
+    let pool = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 1 << 20,
+            per_cpu: 8,
+        },
+    );
+    let object = platform
+        .pinned(|pin| pool.alloc(pin, Obj::new(1)))
+        .unwrap()
+        .unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.slabs, stats.objects), (1, 64), "{stats:?}");
+    drop(object);
+}
+
+/// Registered as a `Component` (in a set, or through `&dyn Component`), the pool
+/// reports the protocol errors of commit and abort: a set must see them.
+#[test]
+fn the_pool_as_a_component_reports_commit_and_abort_errors() {
+    let platform = HostPlatform::new(2).unwrap();
+    let pool = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 64,
+            per_cpu: 8,
+        },
+    );
+    let c: &dyn Component = &pool;
+    // Never prepared: commit refuses, abort has nothing to do.
+    assert_eq!(c.commit(cpu(0)), Err(Error::NotPrepared));
+    assert_eq!(c.abort(cpu(0)), Ok(()));
+    assert!(matches!(
+        c.commit(cpu(2)),
+        Err(Error::IndexOutOfRange { .. })
+    ));
+    assert!(matches!(
+        c.abort(cpu(2)),
+        Err(Error::IndexOutOfRange { .. })
+    ));
+    // Prepared then committed: online, and abort refuses.
+    assert_eq!(c.prepare(cpu(0)), Ok(Prepared::New));
+    assert_eq!(c.commit(cpu(0)), Ok(()));
+    assert_eq!(pool.state(cpu(0)), SlotState::Online);
+    assert_eq!(c.abort(cpu(0)), Err(Error::AlreadyOnline));
+    assert_eq!(pool.state(cpu(0)), SlotState::Online);
+    // Prepared then aborted: retired, and commit refuses.
+    assert_eq!(c.prepare(cpu(1)), Ok(Prepared::New));
+    assert_eq!(c.abort(cpu(1)), Ok(()));
+    assert_eq!(pool.state(cpu(1)), SlotState::Retired);
+    assert_eq!(c.commit(cpu(1)), Err(Error::NotPrepared));
+    // In a set, beside another pool: the error comes out of the set.
+    let other = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 64,
+            per_cpu: 8,
+        },
+    );
+    assert_eq!(other.prepare(cpu(1)), Ok(Prepared::New));
+    let set = (&other, &pool);
+    assert_eq!(set.commit(cpu(1)), Err(Error::NotPrepared));
+    assert_eq!(other.state(cpu(1)), SlotState::Online, "commits every part");
+    assert_eq!(set.abort(cpu(0)), Err(Error::AlreadyOnline));
+}
+
+/// `{:?}` of a pool shows its limits, its magazine size and its figures now.
+#[test]
+fn a_pool_debug_shows_its_limits_and_figures() {
+    let platform = HostPlatform::new(2).unwrap();
+    let pool = pool_on(
+        &platform,
+        HostAlloc,
+        Limits {
+            total: 64,
+            per_cpu: 8,
+        },
+    );
+    let object = platform
+        .pinned(|pin| pool.alloc(pin, Obj::new(1)))
+        .unwrap()
+        .unwrap();
+    let shown = format!("{pool:?}");
+    assert!(shown.starts_with("PerCpuPool {"), "{shown}");
+    assert!(
+        shown.contains("limits: Limits { total: 64, per_cpu: 8 }"),
+        "{shown}"
+    );
+    assert!(shown.contains("magazine_size: 4"), "{shown}");
+    assert!(
+        shown.contains(&format!("stats: {:?}", pool.stats())),
+        "{shown}"
+    );
+    assert!(shown.contains("outstanding: 1"), "{shown}");
+    drop(object);
 }

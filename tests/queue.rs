@@ -683,3 +683,46 @@ fn a_prepare_whose_cells_fail_leaves_the_index_absent_and_retryable() {
     pinned_on(&platform, 0, |pin| q.push(pin, 1).unwrap());
     assert_eq!(q.pop(cpu(0)), Some(1));
 }
+
+#[test]
+fn accessors_and_debug_output_say_what_the_queue_holds() {
+    let platform = HostPlatform::new(4).unwrap();
+    let q = PerCpuQueue::new(&platform, 6).unwrap();
+    assert_eq!(q.capacity(), 6, "exactly what was asked for");
+    assert_eq!(q.published_count(), 0);
+    let _ = q.prepare(cpu(1)).unwrap();
+    let _ = q.prepare(cpu(3)).unwrap();
+    assert_eq!(q.published_count(), 2);
+    assert_eq!(
+        format!("{q:?}"),
+        "PerCpuQueue { capacity: 6, processors: 4, published: 2, .. }"
+    );
+    pinned_on(&platform, 1, |pin| {
+        for i in 0..3 {
+            q.push(pin, i).unwrap();
+        }
+    });
+    {
+        let consumer = q.consumer(cpu(1)).unwrap();
+        assert_eq!(format!("{consumer:?}"), "Consumer { .. }");
+    }
+    let mut drain = q.drain(cpu(1));
+    assert_eq!(drain.next(), Some(0));
+    assert_eq!(format!("{drain:?}"), "Drain { left: 2 }");
+    drop(drain);
+    assert_eq!(format!("{:?}", q.drain_all()), "DrainAll { .. }");
+
+    pinned_on(&platform, 3, |pin| q.push(pin, 7).unwrap());
+    let q = {
+        let left = q.teardown();
+        assert!(!left.is_empty());
+        assert_eq!(format!("{left:?}"), "QueueLeftovers { left: 3, .. }");
+        assert_eq!(
+            left.collect::<Vec<_>>(),
+            [(cpu(1), 1), (cpu(1), 2), (cpu(3), 7)],
+            "a dropped drain leaves what it did not take"
+        );
+        PerCpuQueue::<u32, _>::new(&platform, 2).unwrap()
+    };
+    assert!(q.teardown().is_empty());
+}
