@@ -46,9 +46,11 @@ impl Home {
             // SAFETY: a slot is at least a pointer, aligned for one (slab::ObjectSlot),
             // and ours alone until the CAS below publishes it.
             unsafe { round.cast::<*mut u8>().as_ptr().write(head) };
-            // ordering: loom-blind: needed: the link written through the raw
-            // pointer above must reach `take_all`'s walk; loom cannot see memory
-            // written through raw pointers (miri's race detector can, per run).
+            // Release: the link written through the raw pointer above (and
+            // the value's drop) must happen-before `take_all`'s walk and the
+            // slot's reuse. Loom cannot see memory written through raw
+            // pointers; miri's race detector can: tests/handoff.rs, run with
+            // this weakened by `scripts/mutants orderings` (miri tier).
             match self.head.compare_exchange_weak(
                 head,
                 round.as_ptr(),
@@ -63,8 +65,9 @@ impl Home {
 
     /// Takes every slot pushed so far.
     pub(super) fn take_all(&self) -> Taken<'_> {
-        // ordering: loom-blind: needed: pairs with `push`'s release CAS so the
-        // links read through raw pointers below are the ones written there.
+        // Acquire: pairs with `push`'s release CAS, so the links read through
+        // raw pointers below are the ones written there (checked under miri
+        // like `push`'s: tests/handoff.rs).
         let first = self.head.swap(ptr::null_mut(), Ordering::Acquire);
         Taken {
             next: NonNull::new(first),

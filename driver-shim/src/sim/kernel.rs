@@ -76,6 +76,15 @@ struct Procs {
 /// (`KiDynamicProcessorLock`): registration takes it exclusively; a hot-add
 /// exclusively or shared (concurrent deliveries). A spin lock with yields so
 /// that loom models, which run every thread on one OS thread, make progress.
+///
+/// Taken with acquire and given back with release, so what one holder's
+/// callbacks wrote (a registration's replay) happens-before the next holder's
+/// callbacks (a hot-add's deliveries): deliveries to one registration are also
+/// ordered by its `in_flight` count, but nothing else orders a replay to one
+/// registration before a later hot-add's first delivery to another (the procs
+/// and regs mutexes are released before the callbacks run; the journal's is
+/// taken after each). `driver-shim/tests/handoff.rs` checks this under miri
+/// (`scripts/mutants orderings`).
 struct ChangeLock(AtomicUsize);
 
 const WRITER: usize = 1;
@@ -357,6 +366,12 @@ impl State {
     }
 
     /// Takes processor `index` for the calling thread (raise to DISPATCH_LEVEL).
+    ///
+    /// Acquire, paired with `release_processor`'s release: what the previous
+    /// holder did at DISPATCH_LEVEL (a driver's per-processor data, written
+    /// without atomics) happens-before what this one does, as a real
+    /// processor sees what it ran before (`driver-shim/tests/handoff.rs`
+    /// checks it under miri).
     pub(crate) fn acquire_processor(&self, index: u32) {
         let Some(word) = self.dispatch_word(index) else {
             return;
