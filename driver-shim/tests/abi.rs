@@ -198,4 +198,13 @@ fn the_numa_declarations_have_microsofts_layout_and_values() {
     ours.__bindgen_anon_1.set_Optional(1);
     assert_eq!(ours.__bindgen_anon_1._bitfield_1, 0x103);
     assert_eq!(ours.__bindgen_anon_1.Type(), 3);
+    // Setting one field replaces it (from the low bits of the value) and keeps
+    // the other.
+    ours.__bindgen_anon_1.set_Type(0x205);
+    assert_eq!(ours.__bindgen_anon_1._bitfield_1, 0x105);
+    assert_eq!(ours.__bindgen_anon_1.Optional(), 1);
+    ours.__bindgen_anon_1.set_Optional(2);
+    assert_eq!(ours.__bindgen_anon_1._bitfield_1, 0x005);
+    assert_eq!(ours.__bindgen_anon_1.Optional(), 0);
+    assert_eq!(ours.__bindgen_anon_1.Type(), 5);
 }

@@ -14,7 +14,7 @@ use perproc::{
     AllocError, Error, Limits, PerCpu, PerCpuCounters, PerCpuPool, PerCpuQueue, ProcessorIndex,
     RawAlloc,
 };
-use perproc_wdk::sim::Kernel;
+use perproc_wdk::sim::{Kernel, SimError};
 use perproc_wdk::{pool_tag, KernelPlatform, PoolAlloc, Registration};
 
 const TAG: u32 = pool_tag(*b"Numa");
@@ -42,6 +42,35 @@ fn the_default_topology_is_a_node_per_group() {
     assert_eq!(kernel.node_of(4), Some(1));
     assert_eq!(kernel.node_of(5), None); // not present
     assert!(Kernel::with_numa(&[4], 1, 0).is_err());
+}
+
+/// Node numbers are `u16`s (`KeQueryHighestNodeNumber`, `PreferredNode`'s
+/// low bits): a machine has at most 65535 nodes, numbered up to 65534, and a
+/// topology with more is refused.
+#[test]
+fn a_machine_has_at_most_u16_max_nodes() {
+    let groups = vec![1u8; usize::from(u16::MAX)];
+    let kernel = Kernel::new(&groups, 1).unwrap();
+    assert_eq!(kernel.node_count(), u16::MAX);
+    assert_eq!(kernel.node_of_number(u16::MAX - 1, 0), Some(u16::MAX - 1));
+    {
+        let _on = kernel.enter().unwrap();
+        // SAFETY: no arguments.
+        let highest = unsafe { perproc_wdk::sim::sys::KeQueryHighestNodeNumber() };
+        assert_eq!(highest, u16::MAX - 1);
+    }
+    drop(kernel);
+    // One node more, by cutting a group in two ...
+    let mut split = groups.clone();
+    split[0] = 2;
+    assert_eq!(
+        Kernel::with_numa(&split, 1, 1).unwrap_err(),
+        SimError::BadTopology
+    );
+    // ... or by one group more.
+    let mut more = groups;
+    more.push(1);
+    assert_eq!(Kernel::new(&more, 1).unwrap_err(), SimError::BadTopology);
 }
 
 #[test]
@@ -253,11 +282,19 @@ fn the_simulated_numa_routines_follow_their_documentation() {
     kernel.pool().set_node_capacity(5, Some(0));
     assert!(alloc(&numa(5)).is_null(), "a full node, strictly");
     assert!(alloc(&numa(99)).is_null(), "no such node");
+    assert!(alloc(&numa(8)).is_null(), "one past the last node");
     let any = alloc(&numa(5 | MM_ANY_NODE_OK));
     assert_ne!(kernel.pool().node_of_block(any), Some(5));
     let on_two = alloc(&numa(2));
     assert_eq!(kernel.pool().node_of_block(on_two), Some(2));
+    // Any address inside the block, and none past its end.
+    assert_eq!(
+        kernel.pool().node_of_block(on_two.wrapping_add(63)),
+        Some(2)
+    );
+    assert_eq!(kernel.pool().node_of_block(on_two.wrapping_add(64)), None);
     assert_eq!(kernel.pool().node_tag_bytes(2, TAG), 64);
+    assert_eq!(kernel.pool().node_live_bytes(2), 64);
     let mut unknown = POOL_EXTENDED_PARAMETER::default();
     unknown.__bindgen_anon_1.set_Type(9);
     assert!(alloc(&unknown).is_null(), "an unknown parameter type");

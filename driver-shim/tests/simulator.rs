@@ -4,7 +4,7 @@
 
 use std::alloc::Layout;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use perproc::{Component, Error, PerCpu, Platform, Prepared, ProcessorIndex, RawAlloc};
@@ -25,6 +25,8 @@ fn irql_misuse_is_recorded_not_undefined() {
             assert_eq!(sys::KeGetCurrentIrql(), 0);
             let old = sys::KfRaiseIrql(2);
             assert_eq!((old, sys::KeGetCurrentIrql()), (0, 2));
+            assert_eq!(sys::KfRaiseIrql(2), 2); // raising to the same level: allowed
+            sys::KeLowerIrql(2); // lowering to the same level: allowed
             assert_eq!(sys::KfRaiseIrql(1), 2); // raising to lower: refused
             sys::KeLowerIrql(0);
             sys::KeLowerIrql(1); // lowering to higher: refused
@@ -51,6 +53,157 @@ fn irql_misuse_is_recorded_not_undefined() {
             .unwrap()
             .unwrap();
     });
+}
+
+/// A raw callback that raises the IRQL to the level its context points to and
+/// returns without lowering it (a misuse the simulator records and repairs).
+unsafe extern "C" fn raise_and_return(
+    context: sys::PVOID,
+    _: sys::PKE_PROCESSOR_CHANGE_NOTIFY_CONTEXT,
+    _: sys::PNTSTATUS,
+) {
+    // SAFETY: registered with a pointer to a static AtomicU8 as context.
+    let level = unsafe { &*context.cast::<AtomicU8>() }.load(Ordering::SeqCst);
+    // SAFETY: an IRQL call of the simulated kernel.
+    unsafe { sys::KfRaiseIrql(level) };
+}
+
+/// Registers `raise_and_return` (no replay) raising to `level`.
+fn register_raiser(level: &'static AtomicU8) -> sys::PVOID {
+    let context = std::ptr::from_ref(level).cast_mut().cast();
+    // SAFETY: the callback is sound with this context (a static) on any thread.
+    let handle =
+        unsafe { sys::KeRegisterProcessorChangeCallback(Some(raise_and_return), context, 0) };
+    assert!(!handle.is_null());
+    handle
+}
+
+/// Whether another thread, entered on processor `index`, raises to
+/// DISPATCH_LEVEL there (takes the processor) within `limit`. The thread is
+/// left behind when it does not (it takes the processor once it is free).
+fn taken_by_another_thread(kernel: &Kernel, index: u32, limit: Duration) -> bool {
+    let kernel = kernel.clone();
+    let (done, taken) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _on = kernel.enter_on(index).unwrap();
+        // SAFETY: IRQL calls of the simulated kernel, balanced.
+        unsafe {
+            sys::KfRaiseIrql(2);
+            sys::KeLowerIrql(0);
+        }
+        let _ = done.send(());
+    });
+    taken.recv_timeout(limit).is_ok()
+}
+
+/// A callback that returns above the IRQL it was called at is recorded, and
+/// the simulator repairs it: the thread is back at its IRQL, and the processor
+/// the callback took at DISPATCH_LEVEL is given back (another thread takes it).
+#[test]
+fn a_callback_returning_at_dispatch_level_gives_its_processor_back() {
+    static LEVEL: AtomicU8 = AtomicU8::new(2);
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let _on = kernel.enter().unwrap();
+    let handle = register_raiser(&LEVEL);
+    let context = sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT::default();
+    assert_eq!(kernel.deliver_raw(context).unwrap().len(), 1);
+    assert_eq!(
+        kernel.violations(),
+        vec![Violation::CallbackChangedIrql {
+            registration: kernel.registrations()[0],
+            expected: 0,
+            returned: 2,
+        }]
+    );
+    // SAFETY: reads the simulated IRQL.
+    assert_eq!(unsafe { sys::KeGetCurrentIrql() }, 0);
+    assert!(
+        taken_by_another_thread(&kernel, 0, Duration::from_secs(10)),
+        "processor 0 was kept"
+    );
+    // SAFETY: the handle came from the registration above.
+    unsafe { sys::KeDeregisterProcessorChangeCallback(handle) };
+    assert_eq!(kernel.violations().len(), 1);
+}
+
+/// Only DISPATCH_LEVEL and above hold the processor: a thread at APC_LEVEL
+/// does not keep others off it, and one lowering from above DISPATCH_LEVEL to
+/// DISPATCH_LEVEL keeps it until it goes below.
+#[test]
+fn only_dispatch_level_and_above_hold_the_processor() {
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let _on = kernel.enter().unwrap();
+    // SAFETY: IRQL calls of the simulated kernel, lowered back below.
+    let old = unsafe { sys::KfRaiseIrql(1) };
+    assert!(
+        taken_by_another_thread(&kernel, 0, Duration::from_secs(10)),
+        "APC_LEVEL held the processor"
+    );
+    // SAFETY: as above.
+    unsafe {
+        sys::KfRaiseIrql(15);
+        sys::KeLowerIrql(2);
+    }
+    assert!(
+        !taken_by_another_thread(&kernel, 0, Duration::from_millis(500)),
+        "lowering to DISPATCH_LEVEL gave the processor away"
+    );
+    // SAFETY: as above.
+    unsafe { sys::KeLowerIrql(old) };
+    assert!(taken_by_another_thread(&kernel, 0, Duration::from_secs(10)));
+    assert!(kernel.violations().is_empty());
+}
+
+/// Entries nest on one processor too. A thread holding processor 0 at
+/// DISPATCH_LEVEL in an outer entry raises again in an inner entry of
+/// processor 0 without waiting for itself; and a callback run from the inner
+/// entry that returns at another IRQL below DISPATCH_LEVEL does not give away
+/// the processor the outer entry holds.
+#[test]
+fn nested_entries_on_one_processor_do_not_wait_for_or_give_away_their_hold() {
+    static LEVEL: AtomicU8 = AtomicU8::new(1);
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let on = kernel.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    // On its own thread, so a simulator that makes it wait for itself fails
+    // the test instead of hanging it.
+    std::thread::spawn(move || {
+        let kernel = on;
+        let _outer = kernel.enter_on(0).unwrap();
+        // SAFETY: IRQL calls of the simulated kernel, lowered below.
+        let old = unsafe { sys::KfRaiseIrql(2) };
+        let inner = kernel.enter_on(0).unwrap();
+        let handle = register_raiser(&LEVEL);
+        let registration = kernel.registrations()[0];
+        let context = sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT::default();
+        assert_eq!(kernel.deliver_raw(context).unwrap().len(), 1);
+        let kept = !taken_by_another_thread(&kernel, 0, Duration::from_millis(500));
+        // SAFETY: as above; back to the inner entry's PASSIVE_LEVEL.
+        let raised = unsafe {
+            let inner_old = sys::KfRaiseIrql(2);
+            sys::KeLowerIrql(inner_old);
+            inner_old
+        };
+        // SAFETY: the handle came from the registration above.
+        unsafe { sys::KeDeregisterProcessorChangeCallback(handle) };
+        drop(inner);
+        // SAFETY: back to the IRQL the outer entry was raised from.
+        unsafe { sys::KeLowerIrql(old) };
+        let _ = done.send((kept, raised, registration));
+    });
+    let (kept, raised, registration) = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("raising again on a held processor waited for itself");
+    assert!(kept, "the callback's IRQL change gave the processor away");
+    assert_eq!(raised, 0);
+    assert_eq!(
+        kernel.violations(),
+        vec![Violation::CallbackChangedIrql {
+            registration,
+            expected: 0,
+            returned: 1,
+        }]
+    );
 }
 
 struct Shared(UnsafeCell<u64>);
@@ -274,6 +427,10 @@ fn register_and_deregister_from_inside_a_callback_are_caught() {
 #[test]
 fn processor_queries_follow_the_topology() {
     let kernel = Kernel::with_processors(&[4, 8], &[(0, 0), (1, 0), (0, 1)]).unwrap();
+    assert_eq!(
+        (kernel.max_processors(), kernel.active_processors()),
+        (12, 3)
+    );
     let _on = kernel.enter_on(1).unwrap();
     // SAFETY: each pointer is to a local PROCESSOR_NUMBER, valid for the read or write.
     unsafe {
@@ -359,6 +516,73 @@ fn processor_queries_follow_the_topology() {
     assert!(kernel.violations().is_empty());
 }
 
+/// The policy a test sets is the one the kernel reports (and a new kernel
+/// starts with the default).
+#[test]
+fn the_policy_read_is_the_policy_set() {
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    assert_eq!(kernel.policy(), Policy::default());
+    let policy = Policy {
+        concurrent: true,
+        failure: sim::FailureRecipients::AllRegistered,
+        start_after_veto: true,
+        shared_status: true,
+    };
+    kernel.set_policy(policy);
+    assert_eq!(kernel.policy(), policy);
+}
+
+/// Entries nest (the innermost wins); leaving them out of order, on the same
+/// kernel or across two, is recorded.
+#[test]
+fn entries_left_out_of_order_are_recorded() {
+    let current = || {
+        let mut n = PROCESSOR_NUMBER::default();
+        // SAFETY: a valid out-pointer to a local.
+        unsafe { sys::KeGetCurrentProcessorNumberEx(&mut n) }
+    };
+    let kernel = Kernel::new(&[4], 2).unwrap();
+    let outer = kernel.enter_on(0).unwrap();
+    let inner = kernel.enter_on(1).unwrap();
+    assert_eq!(current(), 1);
+    drop(outer); // leaves processor 1's entry as if it were processor 0's
+    assert_eq!(kernel.violations(), vec![Violation::UnbalancedEnter]);
+    drop(inner);
+    assert_eq!(kernel.violations().len(), 2);
+
+    let other = Kernel::new(&[4], 1).unwrap();
+    let mine = kernel.enter().unwrap();
+    let theirs = other.enter().unwrap();
+    drop(mine); // processor 0 of the other kernel: the same index
+    assert_eq!(kernel.violations().len(), 3);
+    drop(theirs);
+    assert_eq!(other.violations(), vec![Violation::UnbalancedEnter]);
+    // Balanced entries record nothing.
+    drop(kernel.enter_on(1).unwrap());
+    assert_eq!(kernel.violations().len(), 3);
+}
+
+/// A hot-add or raw delivery asked for above PASSIVE_LEVEL is refused before
+/// anything is delivered.
+#[test]
+fn hot_adds_above_passive_level_are_refused() {
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let _on = kernel.enter().unwrap();
+    let raw = sys::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT::default();
+    for irql in [1, 2] {
+        // SAFETY: an IRQL raise on the simulated kernel, lowered below.
+        let old = unsafe { sys::KfRaiseIrql(irql) };
+        assert_eq!(kernel.hot_add_next().unwrap_err(), SimError::IrqlTooHigh);
+        assert_eq!(kernel.deliver_raw(raw).unwrap_err(), SimError::IrqlTooHigh);
+        // SAFETY: back to the IRQL it was raised from.
+        unsafe { sys::KeLowerIrql(old) };
+    }
+    assert_eq!(kernel.active_processors(), 1);
+    assert_eq!(kernel.deliveries(), vec![]);
+    assert!(kernel.hot_add_next().unwrap().added());
+    assert!(kernel.violations().is_empty());
+}
+
 #[test]
 fn calls_from_a_thread_outside_any_kernel_fail_and_are_counted() {
     let before = sim::orphan_calls();
@@ -395,6 +619,7 @@ fn the_pool_accounts_per_tag_aligns_and_catches_misuse() {
         assert_eq!(std::slice::from_raw_parts(small.cast::<u8>(), 24), &[0; 24]);
         assert_eq!(*page.cast::<u8>(), 0xA5); // not zeroed when asked not to
         assert_eq!(kernel.pool().stats(TAG).live_bytes, 32);
+        assert_eq!(kernel.pool().total_live_bytes(), 24 + 5000 + 8);
         assert_eq!(kernel.pool().stats(other).live_blocks, 1);
         sys::ExFreePool(small);
         sys::ExFreePool(small); // double free
@@ -436,6 +661,33 @@ fn the_pool_accounts_per_tag_aligns_and_catches_misuse() {
     assert_eq!(violations.len(), 5);
 }
 
+/// Small blocks are 16-byte aligned, as on x64, and no more unless
+/// `POOL_FLAG_CACHE_ALIGNED` asks: a simulator that over-aligned would hide a
+/// `PoolAlloc` that does not align its blocks itself.
+#[test]
+fn small_blocks_are_not_over_aligned() {
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let _on = kernel.enter().unwrap();
+    // SAFETY: each block is freed once, unused.
+    let addresses: Vec<usize> = (0..16)
+        .map(|_| unsafe { sys::ExAllocatePool2(sys::POOL_FLAG_NON_PAGED, 24, TAG) })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|block| {
+            let addr = block.addr();
+            // SAFETY: a live block from ExAllocatePool2, freed once.
+            unsafe { sys::ExFreePool(block) };
+            addr
+        })
+        .collect();
+    assert!(addresses.iter().all(|a| a % 16 == 0));
+    assert!(
+        addresses.iter().any(|a| a % 64 != 0),
+        "every small block was cache aligned: {addresses:x?}"
+    );
+    assert!(kernel.violations().is_empty());
+}
+
 #[test]
 fn pool_faults_follow_the_plan() {
     let kernel = Kernel::new(&[4], 1).unwrap();
@@ -450,10 +702,12 @@ fn pool_faults_follow_the_plan() {
         !p.is_null()
     };
     kernel.pool().fail(Fault::Nth(1));
+    assert_eq!(kernel.pool().attempts(), 0); // a plan restarts the count
     assert_eq!(
         (0..4).map(|_| attempt(TAG)).collect::<Vec<_>>(),
         [true, false, true, true]
     );
+    assert_eq!((kernel.pool().attempts(), kernel.pool().injected()), (4, 1));
     kernel.pool().fail(Fault::From(2));
     assert_eq!(
         (0..4).map(|_| attempt(other)).collect::<Vec<_>>(),
@@ -495,6 +749,38 @@ fn pool_alloc_honours_every_alignment() {
     assert!(kernel.violations().is_empty());
 }
 
+/// A driver finds its blocks in a pool dump by their tag: `PoolAlloc::tag` is
+/// the tag its blocks are charged to, and a `KernelPlatform`'s allocator has
+/// the platform's tag.
+#[test]
+fn pool_alloc_reports_the_tag_its_blocks_carry() {
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let _on = kernel.enter().unwrap();
+    let other = PoolAlloc::new(pool_tag(*b"Othr"));
+    assert_eq!(other.tag(), pool_tag(*b"Othr"));
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    let block = other.allocate(layout, None).unwrap();
+    assert_eq!(kernel.pool().stats(other.tag()).live_blocks, 1);
+    assert_eq!(kernel.pool().stats(TAG).live_blocks, 0);
+    // SAFETY: from `other` with this layout, freed once.
+    unsafe { other.deallocate(block, layout) };
+    let platform = KernelPlatform::new(TAG).unwrap();
+    assert_eq!(platform.allocator().tag(), TAG);
+    assert_eq!(PoolAlloc::new(TAG).tag(), TAG);
+    assert_eq!(kernel.pool().total_live_bytes(), 0);
+    assert!(kernel.violations().is_empty());
+}
+
+/// `sim::tag` is `pool_tag`: a test can name the simulator's counters with
+/// either.
+#[test]
+fn the_simulators_tag_is_pool_tag() {
+    for chars in [*b"Perp", *b"Test", *b"ab\0\xff"] {
+        assert_eq!(sim::tag(chars), pool_tag(chars));
+    }
+    assert_eq!(sim::tag(*b"Perp"), 0x7072_6550);
+}
+
 #[test]
 fn a_container_on_the_kernel_platform_is_cache_aligned_and_freed() {
     let kernel = Kernel::new(&[64, 64], 3).unwrap();
@@ -512,4 +798,37 @@ fn a_container_on_the_kernel_platform_is_cache_aligned_and_freed() {
     }
     drop(values);
     assert_eq!(kernel.pool().live_bytes(TAG), 0);
+}
+
+/// An inner entry of a thread on the processor its outer entry holds at
+/// DISPATCH_LEVEL goes back to PASSIVE_LEVEL: the outer entry keeps the
+/// processor (no other thread gets on it) until it lowers too.
+#[test]
+fn an_inner_entry_lowering_keeps_the_processor_its_outer_entry_holds() {
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let on = kernel.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let kernel = on;
+        let outer = kernel.enter_on(0).unwrap();
+        // SAFETY: IRQL calls of the simulated kernel, each lowered below.
+        let old = unsafe { sys::KfRaiseIrql(2) };
+        let inner = kernel.enter_on(0).unwrap();
+        // SAFETY: as above, the inner entry raises and lowers back.
+        unsafe { sys::KeLowerIrql(sys::KfRaiseIrql(2)) };
+        drop(inner);
+        let kept = !taken_by_another_thread(&kernel, 0, Duration::from_millis(300));
+        // SAFETY: back to the IRQL the outer entry was raised from.
+        unsafe { sys::KeLowerIrql(old) };
+        let freed = taken_by_another_thread(&kernel, 0, Duration::from_secs(10));
+        drop(outer);
+        let _ = done.send((kept, freed));
+    });
+    let (kept, freed) = finished.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        kept,
+        "the inner entry gave away the processor the outer one holds"
+    );
+    assert!(freed, "the outer entry's lowering gives the processor back");
+    assert_eq!(kernel.violations(), vec![]);
 }

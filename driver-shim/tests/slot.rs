@@ -76,6 +76,26 @@ fn with_sees_the_installed_value_and_nothing_before_or_after() {
     assert!(kernel.violations().is_empty());
 }
 
+/// `is_installed` is the driver's "is it initialised?" flag, and a slot's
+/// `Debug` says the same: false before `install`, true after, false again
+/// after `take`.
+#[test]
+fn is_installed_and_debug_follow_install_and_take() {
+    let slot: DriverSlot<u64> = DriverSlot::new();
+    let kernel = Kernel::new(&[4], 1).unwrap();
+    let _on = kernel.enter().unwrap();
+    assert!(!slot.is_installed());
+    assert_eq!(format!("{slot:?}"), "DriverSlot { installed: false }");
+    slot.install(9, PoolAlloc::new(TAG)).unwrap();
+    assert!(slot.is_installed());
+    assert_eq!(format!("{slot:?}"), "DriverSlot { installed: true }");
+    assert_eq!(slot.take(), Some(9));
+    assert!(!slot.is_installed());
+    assert_eq!(format!("{slot:?}"), "DriverSlot { installed: false }");
+    assert_eq!(kernel.pool().live_bytes(TAG), 0);
+    assert!(kernel.violations().is_empty());
+}
+
 /// `take` waits for a user inside `with` (rundown), and while it waits new
 /// users are refused.
 #[test]

@@ -16,7 +16,9 @@ use perproc_wdk::sys::{
     PROCESSOR_NUMBER, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
     STATUS_UNSUCCESSFUL,
 };
-use perproc_wdk::{pool_tag, DriverSlot, KernelPlatform, Registration, Replay};
+use perproc_wdk::{
+    decode, decode_checked, pool_tag, DriverSlot, KernelPlatform, Registration, Rejected, Replay,
+};
 
 const TABLES: u32 = pool_tag(*b"Tabl");
 const CONTEXT: u32 = pool_tag(*b"Ctxt");
@@ -574,6 +576,79 @@ fn an_nt_number_that_disagrees_with_proc_number_is_counted_not_rejected() {
         SlotState::Retired
     );
     drop(registration);
+    assert_clean(&kernel);
+}
+
+/// What a driver that checks a notification itself (`decode`,
+/// `decode_checked`) logs names what was wrong: the unknown state, or both
+/// numbers of a disagreement.
+#[test]
+fn rejections_name_what_was_wrong() {
+    let kernel = Kernel::new(&[8, 8], 4).unwrap();
+    let _on = kernel.enter().unwrap();
+    let unknown = decode(&raw(7, 1, 0, 1)).unwrap_err();
+    assert_eq!(unknown, Rejected::UnknownState(7));
+    assert_eq!(unknown.to_string(), "unknown notification state 7");
+    let out_of_range = decode(&raw(START, 3, 0, 64)).unwrap_err();
+    assert_eq!(out_of_range, Rejected::OutOfRange);
+    assert!(
+        out_of_range.to_string().contains("out of range"),
+        "{out_of_range}"
+    );
+    // Processor 0/2 is active, with index 2.
+    let mismatch = decode_checked(&raw(START, 5, 0, 2)).unwrap_err();
+    assert_eq!(
+        mismatch,
+        Rejected::Mismatch {
+            nt_number: 5,
+            mapped: 2
+        }
+    );
+    assert_eq!(
+        mismatch.to_string(),
+        "NtNumber 5 disagrees with ProcNumber (index 2)"
+    );
+    assert_eq!(kernel.violations(), vec![]);
+}
+
+/// `Registration::register(..).unwrap()` (or `expect`) in a driver or a test
+/// panics with the error's `Debug`: it shows the status `DriverEntry` would
+/// return, in hex as NTSTATUS values are looked up; a registration's shows its
+/// handle and the last vetoed Start's status.
+#[test]
+fn a_registration_and_its_error_debug_as_their_handle_and_status() {
+    let kernel = Kernel::new(&[8], 2).unwrap();
+    let _on = kernel.enter().unwrap();
+    let refuse = Refuse::default();
+    let registration = register(&kernel, &refuse);
+    let shown = format!("{registration:?}");
+    assert!(shown.starts_with("Registration {"), "{shown}");
+    assert!(shown.contains("handle: 0x"), "{shown}");
+    assert!(shown.contains("last_failure: None"), "{shown}");
+    refuse.set(2, Error::OutOfMemory);
+    assert!(!kernel.hot_add_next().unwrap().added());
+    assert_eq!(
+        registration.last_failure(),
+        Some(STATUS_INSUFFICIENT_RESOURCES)
+    );
+    let shown = format!("{registration:?}");
+    assert!(
+        shown.contains(&format!(
+            "last_failure: Some({STATUS_INSUFFICIENT_RESOURCES})"
+        )),
+        "{shown}"
+    );
+    drop(registration);
+
+    // The replay fails at processor 1 with the driver's status.
+    refuse.set(1, Error::Status(CUSTOM));
+    let parts = Parts::new(&KernelPlatform::new(TABLES).unwrap(), &refuse);
+    let failed = Registration::register(parts, perproc_wdk::PoolAlloc::new(CONTEXT)).unwrap_err();
+    assert_eq!(failed.status, CUSTOM);
+    let shown = format!("{failed:?}");
+    assert!(shown.starts_with("RegisterError {"), "{shown}");
+    assert!(shown.contains("status: 0xc00000a3"), "{shown}");
+    drop(failed);
     assert_clean(&kernel);
 }
 

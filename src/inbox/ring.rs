@@ -192,6 +192,7 @@ impl<T> Ring<T> {
         // ordering: equivalent (both loads): a snapshot count; no memory is read
         // through it, and callers that act on items get them through a claim.
         let tail = self.tail.load(Ordering::Acquire);
+        // ordering: equivalent: the same snapshot.
         let delivered = self.consumer.delivered.load(Ordering::Acquire);
         tail.wrapping_sub(delivered).min(self.mask.wrapping_add(1))
     }

@@ -225,6 +225,7 @@ impl<T> Ring<T> {
         // ordering: equivalent (both loads): a snapshot count; no memory is read
         // through it, and callers that act on items get them through a claim.
         let head = self.consumer.head.load(Ordering::Acquire);
+        // ordering: equivalent: the same snapshot.
         let tail = self.tail.load(Ordering::Acquire);
         tail.wrapping_sub(head).min(capacity)
     }
@@ -242,6 +243,7 @@ impl<T> Ring<T> {
         // owns the queue (`&mut` or by value), and whatever handed it over
         // exclusively (a join, an Arc's last drop) ordered every push and claim.
         let head = self.consumer.head.load(Ordering::Acquire);
+        // ordering: equivalent: as the load above (the caller owns the queue).
         if head == self.tail.load(Ordering::Acquire) {
             return None;
         }

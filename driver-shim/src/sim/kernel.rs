@@ -386,8 +386,15 @@ impl State {
         }
     }
 
-    /// Gives processor `index` back (lower below DISPATCH_LEVEL).
+    /// Gives processor `index` back (lower below DISPATCH_LEVEL), unless
+    /// another context this thread entered on it is still at DISPATCH_LEVEL or
+    /// above: nested entries of one thread share the processor's word, and an
+    /// inner entry going back to PASSIVE_LEVEL must not let another thread onto
+    /// a processor its outer entry still holds.
     pub(crate) fn release_processor(&self, index: u32) {
+        if tls::holds(self, index, DISPATCH) {
+            return;
+        }
         if let Some(word) = self.dispatch_word(index) {
             let _ = word.compare_exchange(tls::token(), 0, Ordering::Release, Ordering::Relaxed);
         }
@@ -870,7 +877,9 @@ pub(crate) fn raise_irql(new: u8) -> u8 {
         state.violate(Violation::RaiseToLower { from: old, to: new });
         return old;
     }
-    if old < DISPATCH && new >= DISPATCH {
+    // A thread already at DISPATCH_LEVEL holds its processor (and taking it
+    // again would be a no-op: `acquire_processor` is reentrant).
+    if new >= DISPATCH && old < DISPATCH {
         state.acquire_processor(index);
     }
     tls::with(|cpu| cpu.irql = new);

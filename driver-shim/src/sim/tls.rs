@@ -81,6 +81,22 @@ pub(crate) fn pop() -> Option<Cpu> {
         .flatten()
 }
 
+/// Whether a context of this thread on processor `index` of `state` is at
+/// `dispatch` or above (so the thread holds that processor).
+pub(crate) fn holds(state: &State, index: u32, dispatch: u8) -> bool {
+    STACK
+        .try_with(|stack| {
+            stack.try_borrow().is_ok_and(|stack| {
+                stack.iter().any(|cpu| {
+                    std::ptr::eq(Arc::as_ptr(&cpu.state), state)
+                        && cpu.index == index
+                        && cpu.irql >= dispatch
+                })
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// A number unique to the calling thread, never 0.
 pub(crate) fn token() -> u64 {
     TOKEN.try_with(|token| *token).unwrap_or(u64::MAX)
