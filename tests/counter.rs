@@ -255,3 +255,29 @@ fn sums_never_go_down_while_processors_arrive_and_adds_are_vetoed() {
     let total = ADDS * u64::from(PROCESSORS);
     assert_eq!(stats.sums(), io(total, 0, 3 * total));
 }
+
+#[test]
+fn counter_ids_compare_hash_and_print_by_position() {
+    use std::collections::HashSet;
+    assert_eq!(Io::bytes, Io::bytes);
+    assert_ne!(Io::submitted, Io::completed);
+    let ids: HashSet<Counter<Io>> = [Io::submitted, Io::bytes, Io::bytes].into_iter().collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&Io::bytes) && !ids.contains(&Io::completed));
+    assert_eq!(format!("{:?}", Io::completed), "Counter(1)");
+
+    let platform = HostPlatform::new(2).unwrap();
+    let stats = PerCpuCounters::<Io, _>::new(&platform).unwrap();
+    let _ = stats.prepare(cpu(0)).unwrap();
+    platform
+        .pinned(|pin| {
+            stats.add(pin, Io::completed, 2);
+            let local = stats.local(pin);
+            assert_eq!(format!("{local:?}"), "LocalCounters { placed: true, .. }");
+        })
+        .unwrap();
+    assert_eq!(
+        format!("{stats:?}"),
+        "PerCpuCounters { sums: Io { submitted: 0, completed: 2, bytes: 0 }, .. }"
+    );
+}
