@@ -264,6 +264,21 @@ fn counter_ids_compare_hash_and_print_by_position() {
     let ids: HashSet<Counter<Io>> = [Io::submitted, Io::bytes, Io::bytes].into_iter().collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&Io::bytes) && !ids.contains(&Io::completed));
+    // A counter hashes as its position (usable as a map key next to indexes).
+    let hash = |value: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+        use std::hash::Hasher;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        value(&mut hasher);
+        hasher.finish()
+    };
+    use std::hash::Hash;
+    for id in Counter::<Io>::all() {
+        assert_eq!(hash(&|h| id.hash(h)), hash(&|h| id.get().hash(h)));
+    }
+    assert_ne!(
+        hash(&|h| Io::bytes.hash(h)),
+        hash(&|h| Io::submitted.hash(h))
+    );
     assert_eq!(format!("{:?}", Io::completed), "Counter(1)");
 
     let platform = HostPlatform::new(2).unwrap();
