@@ -50,15 +50,22 @@ fn spawn(t: &Arc<Table>, f: impl FnOnce(&Table) + Send + 'static) -> thread::Joi
     thread::spawn(move || f(&t))
 }
 
-/// Spins until processor `i` is published, checks its value, returns it.
-fn await_published(t: &Table, i: u32) -> &Value {
+/// Runs `step` until it gives a result, yielding between tries (the spinning
+/// the module docs explain).
+fn spin_until<R>(mut step: impl FnMut() -> Option<R>) -> R {
     loop {
-        if let Some(v) = t.get(cpu(i)) {
-            assert_eq!(*v, value(cpu(i)));
-            return v;
+        if let Some(done) = step() {
+            return done;
         }
         thread::yield_now();
     }
+}
+
+/// Spins until processor `i` is published, checks its value, returns it.
+fn await_published(t: &Table, i: u32) -> &Value {
+    let v = spin_until(|| t.get(cpu(i)));
+    assert_eq!(*v, value(cpu(i)));
+    v
 }
 
 #[test]
@@ -84,18 +91,15 @@ fn prepare_races_iteration() {
     loom::model(|| {
         let t = table(2);
         let writer = spawn(&t, |t| prepare(t, 0));
-        loop {
+        spin_until(|| {
             let mut seen = 0;
             for (i, v) in t.iter() {
                 assert_eq!(*v, value(i));
                 seen += 1;
             }
             assert!(seen <= 1);
-            if seen == 1 {
-                break;
-            }
-            thread::yield_now();
-        }
+            (seen == 1).then_some(())
+        });
         writer.join().unwrap();
     });
 }
@@ -118,7 +122,7 @@ fn two_prepares_race_with_a_reader() {
             .collect();
         // Whatever iteration sees along the way is fully built; it ends up
         // seeing both, each once.
-        loop {
+        spin_until(|| {
             let mut seen: Vec<u32> = t
                 .iter()
                 .map(|(i, v)| {
@@ -128,11 +132,8 @@ fn two_prepares_race_with_a_reader() {
                 .collect();
             seen.sort_unstable();
             seen.dedup();
-            if seen == [0, 1] {
-                break;
-            }
-            thread::yield_now();
-        }
+            (seen == [0, 1]).then_some(())
+        });
         for w in writers {
             w.join().unwrap();
         }
@@ -217,13 +218,11 @@ fn a_commit_races_the_prepare_of_its_processor() {
     loom::model(|| {
         let t = table(1);
         let writer = spawn(&t, |t| prepare(t, 0));
-        loop {
-            match t.commit(cpu(0)) {
-                Ok(()) => break,
-                Err(perproc::Error::NotPrepared | perproc::Error::Busy) => thread::yield_now(),
-                Err(e) => panic!("{e:?}"),
-            }
-        }
+        spin_until(|| match t.commit(cpu(0)) {
+            Ok(()) => Some(()),
+            Err(perproc::Error::NotPrepared | perproc::Error::Busy) => None,
+            Err(e) => panic!("{e:?}"),
+        });
         assert_eq!(t.state(cpu(0)), SlotState::Online);
         assert_eq!(t.prepare(cpu(0)).unwrap(), Prepared::Already);
         assert_eq!(*await_published(&t, 0), value(cpu(0)));
@@ -243,13 +242,8 @@ fn abort_races_a_reader_of_the_retired_slot() {
             prepare(t, 0);
             t.abort(cpu(0)).unwrap();
         });
-        loop {
-            if let Some(v) = t.retired(cpu(0)) {
-                assert_eq!(*v, value(cpu(0)));
-                break;
-            }
-            thread::yield_now();
-        }
+        let v = spin_until(|| t.retired(cpu(0)));
+        assert_eq!(*v, value(cpu(0)));
         writer.join().unwrap();
     });
 }
@@ -294,12 +288,12 @@ fn a_revival_on_another_thread_races_a_reader() {
 fn two_prepares_of_one_processor_race() {
     loom::model(|| {
         let t = table(1);
-        let prepare_until_done = |t: &Table| loop {
-            match t.prepare(cpu(0)) {
-                Ok(done) => return done,
-                Err(perproc::Error::Busy) => thread::yield_now(),
+        let prepare_until_done = |t: &Table| {
+            spin_until(|| match t.prepare(cpu(0)) {
+                Ok(done) => Some(done),
+                Err(perproc::Error::Busy) => None,
                 Err(e) => panic!("{e:?}"),
-            }
+            })
         };
         let other = spawn(&t, move |t| {
             let _ = prepare_until_done(t);
@@ -322,9 +316,7 @@ fn state_races_the_prepare_of_its_processor() {
     loom::model(|| {
         let t = table(1);
         let writer = spawn(&t, |t| prepare(t, 0));
-        while t.state(cpu(0)) != SlotState::Prepared {
-            thread::yield_now();
-        }
+        spin_until(|| (t.state(cpu(0)) == SlotState::Prepared).then_some(()));
         writer.join().unwrap();
     });
 }
@@ -340,16 +332,12 @@ fn abort_races_the_prepare_of_its_processor() {
     loom::model(|| {
         let t = table(1);
         let writer = spawn(&t, |t| prepare(t, 0));
-        loop {
-            match t.abort(cpu(0)) {
-                Ok(Some(v)) => {
-                    assert_eq!(*v, value(cpu(0)));
-                    break;
-                }
-                Ok(None) | Err(perproc::Error::Busy) => thread::yield_now(),
-                Err(e) => panic!("{e:?}"),
-            }
-        }
+        let v = spin_until(|| match t.abort(cpu(0)) {
+            Ok(Some(v)) => Some(v),
+            Ok(None) | Err(perproc::Error::Busy) => None,
+            Err(e) => panic!("{e:?}"),
+        });
+        assert_eq!(*v, value(cpu(0)));
         writer.join().unwrap();
         assert_eq!(t.state(cpu(0)), SlotState::Retired);
     });
@@ -365,16 +353,13 @@ fn prepare_races_iteration_of_all_slots() {
     loom::model(|| {
         let t = table(2);
         let writer = spawn(&t, |t| prepare(t, 1));
-        loop {
+        spin_until(|| {
             let seen: Vec<_> = t.iter_all().collect();
             for (i, v) in &seen {
                 assert_eq!(**v, value(*i));
             }
-            if !seen.is_empty() {
-                break;
-            }
-            thread::yield_now();
-        }
+            (!seen.is_empty()).then_some(())
+        });
         writer.join().unwrap();
     });
 }

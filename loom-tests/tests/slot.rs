@@ -49,6 +49,43 @@ impl Value {
     }
 }
 
+/// `DriverEntry` on processor 1: writes the value (7), then installs it.
+fn spawn_installer(kernel: &Kernel, slot: &Arc<DriverSlot<Value>>) -> thread::JoinHandle<()> {
+    let kernel = kernel.clone();
+    let slot = Arc::clone(slot);
+    thread::spawn(move || {
+        let _on = kernel.enter_on(1).unwrap();
+        let value = Value::new(0);
+        value.write(7);
+        assert!(slot.install(value, PoolAlloc::new(TAG)).is_ok());
+    })
+}
+
+/// `Unload` on processor `cpu`: takes the value, reads it, then writes it as
+/// its new owner; what it read, if it got the value.
+fn spawn_taker(
+    kernel: &Kernel,
+    slot: &Arc<DriverSlot<Value>>,
+    cpu: u32,
+) -> thread::JoinHandle<Option<u64>> {
+    let kernel = kernel.clone();
+    let slot = Arc::clone(slot);
+    thread::spawn(move || {
+        let _on = kernel.enter_on(cpu).unwrap();
+        slot.take().map(|value| {
+            let seen = value.read();
+            value.write(8);
+            seen
+        })
+    })
+}
+
+/// The slot's block went back to the pool and the kernel saw no misuse.
+fn assert_freed_and_clean(kernel: &Kernel) {
+    assert_eq!(kernel.pool().live_bytes(TAG), 0);
+    assert!(kernel.violations().is_empty());
+}
+
 /// Set when some execution of the first model had a `with` refused while the
 /// value was still live (the slot closing): the model reaches that state.
 static REFUSED_WHILE_CLOSING: AtomicBool = AtomicBool::new(false);
@@ -103,8 +140,7 @@ fn with_racing_take_is_done_before_the_value_moves_out() {
         assert!(matches!(after, Some(7) | None));
         assert!(!slot.is_installed());
         assert_eq!(slot.with(Value::read), None);
-        assert_eq!(kernel.pool().live_bytes(TAG), 0);
-        assert!(kernel.violations().is_empty());
+        assert_freed_and_clean(&kernel);
     });
     assert!(REFUSED_WHILE_CLOSING.load(Ordering::SeqCst));
 }
@@ -142,8 +178,7 @@ fn with_after_take_finds_the_slot_empty() {
         unload.join().unwrap();
         assert!(matches!(user.join().unwrap(), Some(0) | None));
         assert_eq!(slot.with(|_| teardown.read()), None);
-        assert_eq!(kernel.pool().live_bytes(TAG), 0);
-        assert!(kernel.violations().is_empty());
+        assert_freed_and_clean(&kernel);
     });
 }
 
@@ -156,16 +191,7 @@ fn install_publishes_the_value_to_with() {
         let _on = kernel.enter().unwrap();
         let slot = Arc::new(DriverSlot::new());
 
-        let entry = {
-            let kernel = kernel.clone();
-            let slot = Arc::clone(&slot);
-            thread::spawn(move || {
-                let _on = kernel.enter_on(1).unwrap();
-                let value = Value::new(0);
-                value.write(7);
-                assert!(slot.install(value, PoolAlloc::new(TAG)).is_ok());
-            })
-        };
+        let entry = spawn_installer(&kernel, &slot);
         let user = {
             let slot = Arc::clone(&slot);
             thread::spawn(move || slot.with(Value::read))
@@ -174,8 +200,7 @@ fn install_publishes_the_value_to_with() {
         assert!(matches!(user.join().unwrap(), Some(7) | None));
         assert_eq!(slot.with(Value::read), Some(7));
         assert_eq!(slot.take().map(|value| value.read()), Some(7));
-        assert_eq!(kernel.pool().live_bytes(TAG), 0);
-        assert!(kernel.violations().is_empty());
+        assert_freed_and_clean(&kernel);
     });
 }
 
@@ -188,16 +213,7 @@ fn install_publishes_the_value_to_get() {
         let _on = kernel.enter().unwrap();
         let slot = Arc::new(DriverSlot::new());
 
-        let entry = {
-            let kernel = kernel.clone();
-            let slot = Arc::clone(&slot);
-            thread::spawn(move || {
-                let _on = kernel.enter_on(1).unwrap();
-                let value = Value::new(0);
-                value.write(7);
-                assert!(slot.install(value, PoolAlloc::new(TAG)).is_ok());
-            })
-        };
+        let entry = spawn_installer(&kernel, &slot);
         let user = {
             let slot = Arc::clone(&slot);
             // SAFETY: `take` runs only after this thread is joined.
@@ -206,8 +222,7 @@ fn install_publishes_the_value_to_get() {
         entry.join().unwrap();
         assert!(matches!(user.join().unwrap(), Some(7) | None));
         assert_eq!(slot.take().map(|value| value.read()), Some(7));
-        assert_eq!(kernel.pool().live_bytes(TAG), 0);
-        assert!(kernel.violations().is_empty());
+        assert_freed_and_clean(&kernel);
     });
 }
 
@@ -259,28 +274,8 @@ fn install_racing_take() {
         let _on = kernel.enter().unwrap();
         let slot = Arc::new(DriverSlot::new());
 
-        let entry = {
-            let kernel = kernel.clone();
-            let slot = Arc::clone(&slot);
-            thread::spawn(move || {
-                let _on = kernel.enter_on(1).unwrap();
-                let value = Value::new(0);
-                value.write(7);
-                assert!(slot.install(value, PoolAlloc::new(TAG)).is_ok());
-            })
-        };
-        let unload = {
-            let kernel = kernel.clone();
-            let slot = Arc::clone(&slot);
-            thread::spawn(move || {
-                let _on = kernel.enter_on(0).unwrap();
-                slot.take().map(|value| {
-                    let seen = value.read();
-                    value.write(8);
-                    seen
-                })
-            })
-        };
+        let entry = spawn_installer(&kernel, &slot);
+        let unload = spawn_taker(&kernel, &slot, 0);
         entry.join().unwrap();
         match unload.join().unwrap() {
             Some(seen) => {
@@ -289,8 +284,7 @@ fn install_racing_take() {
             }
             None => assert_eq!(slot.take().map(|value| value.read()), Some(7)),
         }
-        assert_eq!(kernel.pool().live_bytes(TAG), 0);
-        assert!(kernel.violations().is_empty());
+        assert_freed_and_clean(&kernel);
     });
 }
 
@@ -305,25 +299,13 @@ fn two_takes_one_value() {
         assert!(slot.install(Value::new(7), PoolAlloc::new(TAG)).is_ok());
 
         let takers: Vec<_> = (0..2u32)
-            .map(|cpu| {
-                let kernel = kernel.clone();
-                let slot = Arc::clone(&slot);
-                thread::spawn(move || {
-                    let _on = kernel.enter_on(cpu).unwrap();
-                    slot.take().map(|value| {
-                        let seen = value.read();
-                        value.write(8);
-                        seen
-                    })
-                })
-            })
+            .map(|cpu| spawn_taker(&kernel, &slot, cpu))
             .collect();
         let mut taken: Vec<_> = takers.into_iter().map(|t| t.join().unwrap()).collect();
         taken.sort_unstable();
         assert_eq!(taken, [None, Some(7)]);
         assert!(!slot.is_installed());
         assert_eq!(slot.with(Value::read), None);
-        assert_eq!(kernel.pool().live_bytes(TAG), 0);
-        assert!(kernel.violations().is_empty());
+        assert_freed_and_clean(&kernel);
     });
 }
