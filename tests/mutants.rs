@@ -1,7 +1,8 @@
 //! Tests written to kill the mutants `scripts/mutants` found surviving (issue 13):
 //! events for a processor whose slot is being built (a constructor that calls
 //! back into its own container: the deterministic way to be inside `BUILDING`),
-//! `PerCpu::retired` in every state, and `SlotState::is_published`.
+//! `Debug` output, in-place containers and the inbox as components. (`retired`
+//! in every state and `SlotState::is_published` are tested in `percpu.rs`.)
 
 mod common;
 
@@ -80,61 +81,6 @@ fn a_zeroed_constructor_sees_its_own_slot_busy_too() {
 }
 
 #[test]
-fn retired_only_for_an_aborted_processor() {
-    let t = table(3);
-    // Absent, out of range.
-    assert!(t.retired(cpu(0)).is_none());
-    assert!(t.retired(cpu(3)).is_none());
-    // Prepared, then online: published, not retired.
-    assert_eq!(t.prepare(cpu(0)), Ok(Prepared::New));
-    assert!(t.retired(cpu(0)).is_none());
-    t.commit(cpu(0)).unwrap();
-    assert!(t.retired(cpu(0)).is_none());
-    // Aborted: retired, with its value; hidden from get.
-    assert_eq!(t.prepare(cpu(1)), Ok(Prepared::New));
-    assert_eq!(t.abort(cpu(1)), Ok(Some(&11)));
-    assert_eq!(t.retired(cpu(1)), Some(&11));
-    assert!(t.get(cpu(1)).is_none());
-    // Revived: published again, no longer retired.
-    assert_eq!(t.prepare(cpu(1)), Ok(Prepared::New));
-    assert!(t.retired(cpu(1)).is_none());
-    assert_eq!(t.get(cpu(1)), Some(&11));
-    // Aborted again: retired again.
-    assert_eq!(t.abort(cpu(1)), Ok(Some(&11)));
-    assert_eq!(t.retired(cpu(1)), Some(&11));
-    // A processor whose prepare failed is absent, not retired.
-    assert_eq!(
-        t.prepare_with(cpu(2), |_| Err(Error::OutOfMemory)),
-        Err(Error::OutOfMemory)
-    );
-    assert!(t.retired(cpu(2)).is_none());
-}
-
-#[test]
-fn slot_state_is_published_for_prepared_and_online_only() {
-    let all = [
-        (SlotState::Absent, false),
-        (SlotState::Prepared, true),
-        (SlotState::Online, true),
-        (SlotState::Retired, false),
-        (SlotState::Busy, false),
-    ];
-    for (state, published) in all {
-        assert_eq!(state.is_published(), published, "{state:?}");
-    }
-    // And it agrees with what get sees, state by state.
-    let t = table(2);
-    assert!(!t.state(cpu(0)).is_published());
-    assert_eq!(t.prepare(cpu(0)), Ok(Prepared::New));
-    assert!(t.state(cpu(0)).is_published() && t.get(cpu(0)).is_some());
-    t.commit(cpu(0)).unwrap();
-    assert!(t.state(cpu(0)).is_published() && t.get(cpu(0)).is_some());
-    assert_eq!(t.prepare(cpu(1)), Ok(Prepared::New));
-    t.abort(cpu(1)).unwrap();
-    assert!(!t.state(cpu(1)).is_published() && t.get(cpu(1)).is_none());
-}
-
-#[test]
 fn debug_shows_capacity_and_counts() {
     let t = table(3);
     assert_eq!(t.prepare(cpu(0)), Ok(Prepared::New));
@@ -157,30 +103,12 @@ fn a_zeroed_container_as_a_component_reports_commit_and_abort_errors() {
     }
     let platform = HostPlatform::new(2).unwrap();
     let t = PerCpu::new_zeroed(&platform, fill).unwrap();
-    let c: &dyn Component = &t;
-    // Never prepared: commit refuses, abort has nothing to do.
-    assert_eq!(c.commit(cpu(0)), Err(Error::NotPrepared));
-    assert_eq!(c.abort(cpu(0)), Ok(()));
-    assert!(matches!(
-        c.commit(cpu(2)),
-        Err(Error::IndexOutOfRange { .. })
-    ));
-    assert!(matches!(
-        c.abort(cpu(2)),
-        Err(Error::IndexOutOfRange { .. })
-    ));
-    // Prepared then committed: online, and abort refuses.
-    assert_eq!(c.prepare(cpu(0)), Ok(Prepared::New));
+    common::component_protocol_errors(&t);
+    // The values were built in place by the prepares.
     assert_eq!(t.get(cpu(0)), Some(&5));
-    assert_eq!(c.commit(cpu(0)), Ok(()));
     assert_eq!(t.state(cpu(0)), SlotState::Online);
-    assert_eq!(c.abort(cpu(0)), Err(Error::AlreadyOnline));
-    // Prepared then aborted: retired, and commit refuses.
-    assert_eq!(c.prepare(cpu(1)), Ok(Prepared::New));
-    assert_eq!(c.abort(cpu(1)), Ok(()));
     assert_eq!(t.state(cpu(1)), SlotState::Retired);
     assert_eq!(t.retired(cpu(1)), Some(&6));
-    assert_eq!(c.commit(cpu(1)), Err(Error::NotPrepared));
 }
 
 /// A ticket stays delivered however far delivery moves past it (`is_delivered`

@@ -134,25 +134,34 @@ fn drain_pool<P: Platform, A: RawAlloc>(
     held
 }
 
-fn dropped_boxes_are_reused_before_the_pool_grows(prepared: bool) {
-    let platform = HostPlatform::new(2).unwrap();
-    let pool = PerCpuPool::<u64, _>::new(
-        &platform,
-        Limits {
-            total: 4096,
-            per_cpu: 8,
-        },
-    )
-    .unwrap();
+/// A pool of `total` objects, 8 per processor, on two processors; processor 0
+/// has a cache if `prepared`.
+fn pool_of_u64(
+    platform: &HostPlatform,
+    total: usize,
+    prepared: bool,
+) -> PerCpuPool<u64, HostPlatform> {
+    let pool = PerCpuPool::<u64, _>::new(platform, Limits { total, per_cpu: 8 }).unwrap();
     if prepared {
         assert_eq!(pool.prepare(cpu(0)), Ok(Prepared::New));
     }
+    pool
+}
+
+/// Where a box's object lives.
+fn address(boxed: &PoolBox<u64>) -> usize {
+    &**boxed as *const u64 as usize
+}
+
+fn dropped_boxes_are_reused_before_the_pool_grows(prepared: bool) {
+    let platform = HostPlatform::new(2).unwrap();
+    let pool = pool_of_u64(&platform, 4096, prepared);
     let mut held = drain_pool(&platform, &pool);
     let before = pool.stats();
     assert_eq!(before.outstanding, held.len(), "{before:?}");
     // Dropped, unpinned, instead of freed: on its way home.
     let dropped = held.pop().unwrap();
-    let address = &*dropped as *const u64 as usize;
+    let dropped_at = address(&dropped);
     drop(dropped);
     let stats = pool.stats();
     assert_eq!(stats.returning, 1, "{stats:?}");
@@ -163,7 +172,7 @@ fn dropped_boxes_are_reused_before_the_pool_grows(prepared: bool) {
     );
     // The next allocation takes it back instead of growing the pool.
     let reused = platform.pinned(|pin| pool.alloc(pin, 99)).unwrap().unwrap();
-    assert_eq!(&*reused as *const u64 as usize, address);
+    assert_eq!(address(&reused), dropped_at);
     let after = pool.stats();
     assert_eq!(
         (after.slabs, after.objects, after.returning),
@@ -374,33 +383,20 @@ fn into_raw_then_free_raw_round_trips() {
 /// `Exhausted` while objects are free.
 fn dropped_boxes_are_reused_at_the_total_limit(prepared: bool) {
     let platform = HostPlatform::new(2).unwrap();
-    let pool = PerCpuPool::<u64, _>::new(
-        &platform,
-        Limits {
-            total: 16,
-            per_cpu: 8,
-        },
-    )
-    .unwrap();
-    if prepared {
-        assert_eq!(pool.prepare(cpu(0)), Ok(Prepared::New));
-    }
+    let pool = pool_of_u64(&platform, 16, prepared);
     let mut held = drain_pool(&platform, &pool);
     assert_eq!(held.len(), 16);
     let full = platform.pinned(|pin| pool.alloc(pin, 0).err()).unwrap();
     assert_eq!(full, Some(perproc::Error::Exhausted));
     // Two completions dropped on another thread instead of freed.
     let dropped: Vec<_> = held.drain(..2).collect();
-    let mut addresses: Vec<usize> = dropped
-        .iter()
-        .map(|b| &**b as *const u64 as usize)
-        .collect();
+    let mut addresses: Vec<usize> = dropped.iter().map(address).collect();
     std::thread::spawn(move || drop(dropped)).join().unwrap();
     assert_eq!(pool.stats().returning, 2);
     let mut reused: Vec<_> = platform
         .pinned(|pin| (0..2).map(|i| pool.alloc(pin, i).unwrap()).collect())
         .unwrap();
-    let mut again: Vec<usize> = reused.iter().map(|b| &**b as *const u64 as usize).collect();
+    let mut again: Vec<usize> = reused.iter().map(address).collect();
     addresses.sort_unstable();
     again.sort_unstable();
     assert_eq!(again, addresses, "the dropped objects, taken back");
@@ -445,24 +441,16 @@ fn a_box_debug_is_its_value() {
         },
     )
     .unwrap();
-    let request = Request {
+    let request = || Request {
         lba: 2048,
         sectors: 8,
     };
     let boxed = platform
-        .pinned(|pin| {
-            pool.alloc(
-                pin,
-                Request {
-                    lba: 2048,
-                    sectors: 8,
-                },
-            )
-        })
+        .pinned(|pin| pool.alloc(pin, request()))
         .unwrap()
         .unwrap();
     assert_eq!(format!("{boxed:?}"), "Request { lba: 2048, sectors: 8 }");
-    assert_eq!(format!("{boxed:#?}"), format!("{request:#?}"));
+    assert_eq!(format!("{boxed:#?}"), format!("{:#?}", request()));
     platform.pinned(|pin| pool.free(pin, boxed)).unwrap();
     assert_eq!(pool.teardown(), 0);
 }

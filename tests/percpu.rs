@@ -467,6 +467,16 @@ fn retired_is_some_only_for_a_retired_slot() {
     let _ = t.prepare(cpu(1)).unwrap();
     assert!(t.retired(cpu(1)).is_none());
     assert!(core::ptr::eq(t.get(cpu(1)).unwrap(), held));
+    // Aborted again: retired again, the same slot, hidden from get.
+    assert!(core::ptr::eq(t.abort(cpu(1)).unwrap().unwrap(), held));
+    assert!(core::ptr::eq(t.retired(cpu(1)).unwrap(), held));
+    assert!(t.get(cpu(1)).is_none());
+    // A processor whose prepare failed is absent, not retired.
+    assert_eq!(
+        t.prepare_with(cpu(3), |_| Err(Error::OutOfMemory)),
+        Err(Error::OutOfMemory)
+    );
+    assert!(t.retired(cpu(3)).is_none());
 }
 
 #[test]
@@ -487,13 +497,17 @@ fn is_published_for_every_state() {
         assert_eq!(t.state(cpu(0)).is_published(), t.get(cpu(0)).is_some());
     };
     agrees(&t);
+    assert!(!t.state(cpu(0)).is_published());
     let _ = t.prepare(cpu(0)).unwrap();
     agrees(&t);
+    assert!(t.state(cpu(0)).is_published());
     let _ = t.abort(cpu(0)).unwrap();
     agrees(&t);
+    assert!(!t.state(cpu(0)).is_published());
     let _ = t.prepare(cpu(0)).unwrap();
     t.commit(cpu(0)).unwrap();
     agrees(&t);
+    assert!(t.state(cpu(0)).is_published());
 }
 
 #[test]

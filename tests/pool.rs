@@ -1283,29 +1283,9 @@ fn the_pool_as_a_component_reports_commit_and_abort_errors() {
             per_cpu: 8,
         },
     );
-    let c: &dyn Component = &pool;
-    // Never prepared: commit refuses, abort has nothing to do.
-    assert_eq!(c.commit(cpu(0)), Err(Error::NotPrepared));
-    assert_eq!(c.abort(cpu(0)), Ok(()));
-    assert!(matches!(
-        c.commit(cpu(2)),
-        Err(Error::IndexOutOfRange { .. })
-    ));
-    assert!(matches!(
-        c.abort(cpu(2)),
-        Err(Error::IndexOutOfRange { .. })
-    ));
-    // Prepared then committed: online, and abort refuses.
-    assert_eq!(c.prepare(cpu(0)), Ok(Prepared::New));
-    assert_eq!(c.commit(cpu(0)), Ok(()));
+    common::component_protocol_errors(&pool);
     assert_eq!(pool.state(cpu(0)), SlotState::Online);
-    assert_eq!(c.abort(cpu(0)), Err(Error::AlreadyOnline));
-    assert_eq!(pool.state(cpu(0)), SlotState::Online);
-    // Prepared then aborted: retired, and commit refuses.
-    assert_eq!(c.prepare(cpu(1)), Ok(Prepared::New));
-    assert_eq!(c.abort(cpu(1)), Ok(()));
     assert_eq!(pool.state(cpu(1)), SlotState::Retired);
-    assert_eq!(c.commit(cpu(1)), Err(Error::NotPrepared));
     // In a set, beside another pool: the error comes out of the set.
     let other = pool_on(
         &platform,

@@ -13,6 +13,31 @@ pub fn cpu(i: u32) -> ProcessorIndex {
     ProcessorIndex::new(i).unwrap()
 }
 
+/// What every component of a 2-processor platform answers through the
+/// `Component` trait (so through any set): commit of a processor never prepared
+/// is `NotPrepared` and its abort has nothing to do; past the capacity both are
+/// `IndexOutOfRange`; processor 0 is prepared and committed, after which abort
+/// is `AlreadyOnline`; processor 1 is prepared and aborted, after which commit
+/// is `NotPrepared`. Leaves 0 online and 1 retired.
+pub fn component_protocol_errors(c: &dyn Component) {
+    assert_eq!(c.commit(cpu(0)), Err(Error::NotPrepared));
+    assert_eq!(c.abort(cpu(0)), Ok(()));
+    assert!(matches!(
+        c.commit(cpu(2)),
+        Err(Error::IndexOutOfRange { .. })
+    ));
+    assert!(matches!(
+        c.abort(cpu(2)),
+        Err(Error::IndexOutOfRange { .. })
+    ));
+    assert_eq!(c.prepare(cpu(0)), Ok(perproc::Prepared::New));
+    assert_eq!(c.commit(cpu(0)), Ok(()));
+    assert_eq!(c.abort(cpu(0)), Err(Error::AlreadyOnline));
+    assert_eq!(c.prepare(cpu(1)), Ok(perproc::Prepared::New));
+    assert_eq!(c.abort(cpu(1)), Ok(()));
+    assert_eq!(c.commit(cpu(1)), Err(Error::NotPrepared));
+}
+
 /// Runs `f` on a thread bound to processor `i`.
 pub fn on<R: Send>(platform: &HostPlatform, i: u32, f: impl FnOnce() -> R + Send) -> R {
     std::thread::scope(|s| {
