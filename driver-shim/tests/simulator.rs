@@ -82,18 +82,31 @@ fn register_raiser(level: &'static AtomicU8) -> sys::PVOID {
 /// DISPATCH_LEVEL there (takes the processor) within `limit`. The thread is
 /// left behind when it does not (it takes the processor once it is free).
 fn taken_by_another_thread(kernel: &Kernel, index: u32, limit: Duration) -> bool {
-    let kernel = kernel.clone();
-    let (done, taken) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    on_own_thread(kernel, limit, move |kernel| {
         let _on = kernel.enter_on(index).unwrap();
         // SAFETY: IRQL calls of the simulated kernel, balanced.
         unsafe {
             sys::KfRaiseIrql(2);
             sys::KeLowerIrql(0);
         }
-        let _ = done.send(());
+    })
+    .is_some()
+}
+
+/// Runs `f` on a new thread with (a handle to) `kernel`; its result, or `None`
+/// if it did not finish within `limit` (so a simulator that makes a thread
+/// wait forever fails the test instead of hanging it).
+fn on_own_thread<R: Send + 'static>(
+    kernel: &Kernel,
+    limit: Duration,
+    f: impl FnOnce(Kernel) -> R + Send + 'static,
+) -> Option<R> {
+    let kernel = kernel.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f(kernel));
     });
-    taken.recv_timeout(limit).is_ok()
+    finished.recv_timeout(limit).ok()
 }
 
 /// A callback that returns above the IRQL it was called at is recorded, and
@@ -163,12 +176,7 @@ fn only_dispatch_level_and_above_hold_the_processor() {
 fn nested_entries_on_one_processor_do_not_wait_for_or_give_away_their_hold() {
     static LEVEL: AtomicU8 = AtomicU8::new(1);
     let kernel = Kernel::new(&[4], 1).unwrap();
-    let on = kernel.clone();
-    let (done, finished) = std::sync::mpsc::channel();
-    // On its own thread, so a simulator that makes it wait for itself fails
-    // the test instead of hanging it.
-    std::thread::spawn(move || {
-        let kernel = on;
+    let nested = on_own_thread(&kernel, Duration::from_secs(10), |kernel| {
         let _outer = kernel.enter_on(0).unwrap();
         // SAFETY: IRQL calls of the simulated kernel, lowered below.
         let old = unsafe { sys::KfRaiseIrql(2) };
@@ -189,11 +197,10 @@ fn nested_entries_on_one_processor_do_not_wait_for_or_give_away_their_hold() {
         drop(inner);
         // SAFETY: back to the IRQL the outer entry was raised from.
         unsafe { sys::KeLowerIrql(old) };
-        let _ = done.send((kept, raised, registration));
+        (kept, raised, registration)
     });
-    let (kept, raised, registration) = finished
-        .recv_timeout(Duration::from_secs(10))
-        .expect("raising again on a held processor waited for itself");
+    let (kept, raised, registration) =
+        nested.expect("raising again on a held processor waited for itself");
     assert!(kept, "the callback's IRQL change gave the processor away");
     assert_eq!(raised, 0);
     assert_eq!(
@@ -806,10 +813,7 @@ fn a_container_on_the_kernel_platform_is_cache_aligned_and_freed() {
 #[test]
 fn an_inner_entry_lowering_keeps_the_processor_its_outer_entry_holds() {
     let kernel = Kernel::new(&[4], 1).unwrap();
-    let on = kernel.clone();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let kernel = on;
+    let nested = on_own_thread(&kernel, Duration::from_secs(20), |kernel| {
         let outer = kernel.enter_on(0).unwrap();
         // SAFETY: IRQL calls of the simulated kernel, each lowered below.
         let old = unsafe { sys::KfRaiseIrql(2) };
@@ -822,9 +826,9 @@ fn an_inner_entry_lowering_keeps_the_processor_its_outer_entry_holds() {
         unsafe { sys::KeLowerIrql(old) };
         let freed = taken_by_another_thread(&kernel, 0, Duration::from_secs(10));
         drop(outer);
-        let _ = done.send((kept, freed));
+        (kept, freed)
     });
-    let (kept, freed) = finished.recv_timeout(Duration::from_secs(20)).unwrap();
+    let (kept, freed) = nested.unwrap();
     assert!(
         kept,
         "the inner entry gave away the processor the outer one holds"

@@ -392,7 +392,7 @@ impl State {
     /// inner entry going back to PASSIVE_LEVEL must not let another thread onto
     /// a processor its outer entry still holds.
     pub(crate) fn release_processor(&self, index: u32) {
-        if tls::holds(self, index, DISPATCH) {
+        if tls::holds(self, index) {
             return;
         }
         if let Some(word) = self.dispatch_word(index) {

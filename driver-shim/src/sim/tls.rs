@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::vec::Vec;
 
-use super::kernel::State;
+use super::kernel::{State, DISPATCH};
 
 /// One entered context; a thread may nest several (innermost last).
 pub(crate) struct Cpu {
@@ -82,15 +82,15 @@ pub(crate) fn pop() -> Option<Cpu> {
 }
 
 /// Whether a context of this thread on processor `index` of `state` is at
-/// `dispatch` or above (so the thread holds that processor).
-pub(crate) fn holds(state: &State, index: u32, dispatch: u8) -> bool {
+/// DISPATCH_LEVEL or above (so the thread holds that processor).
+pub(crate) fn holds(state: &State, index: u32) -> bool {
     STACK
         .try_with(|stack| {
             stack.try_borrow().is_ok_and(|stack| {
                 stack.iter().any(|cpu| {
                     std::ptr::eq(Arc::as_ptr(&cpu.state), state)
                         && cpu.index == index
-                        && cpu.irql >= dispatch
+                        && cpu.irql >= DISPATCH
                 })
             })
         })
